@@ -1,0 +1,491 @@
+//! The engine: this node's pools and volumes. Controller-side operations live here, node-side ones in
+//! `node.rs`. Every method is synchronous and may block on I/O; callers run them off the async executor.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    capacity,
+    error::{Error, Result},
+    id::{self, VolumeId},
+    locks::{LockTable, OpGuard},
+    pool::{Entry, Pool, PoolConfig},
+    record::{RECORD_VERSION, VolumeRecord, VolumeState},
+    types::{Capability, CapacityReport, CreateRequest, Segment, Volume},
+};
+
+/// StorageClass parameter that picks the pool.
+pub const PARAM_POOL: &str = "pool";
+/// Parameters loam understands; `csi.storage.k8s.io/*` keys are also accepted and ignored.
+pub const KNOWN_PARAMETERS: &[&str] = &[PARAM_POOL];
+const RESERVED_PREFIX: &str = "csi.storage.k8s.io/";
+/// Volume context key carrying the pool name to node calls.
+pub const CONTEXT_POOL: &str = "loam.csi/pool";
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node_id: String,
+    /// Topology key whose value is this node (e.g. `loam.csi/node`).
+    pub topology_key: String,
+    /// More segments this node reports, such as a zone.
+    pub extra_topology: Segment,
+    pub pools: Vec<PoolConfig>,
+    /// The pool used when a request names none.
+    pub default_pool: String,
+    pub max_volumes_per_node: u64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    node_id: String,
+    node_tag: String,
+    topology: Segment,
+    pools: BTreeMap<String, Arc<Pool>>,
+    default_pool: String,
+    max_volumes_per_node: u64,
+    locks: LockTable,
+}
+
+impl Engine {
+    /// Opens every pool, loads its records and repairs what an interrupted operation left behind.
+    pub fn open(cfg: EngineConfig) -> Result<Engine> {
+        if cfg.node_id.is_empty() || cfg.node_id.len() > 256 {
+            return Err(Error::invalid("node id", "must be 1-256 bytes"));
+        }
+        let node_tag = id::node_tag(&cfg.node_id);
+        let mut topology = cfg.extra_topology.clone();
+        topology.insert(cfg.topology_key.clone(), node_tag.clone());
+        let mut pools = BTreeMap::new();
+        for pc in &cfg.pools {
+            let pool = Pool::open(pc)?;
+            if pools.contains_key(&pool.name) {
+                return Err(Error::invalid(
+                    "pools",
+                    format!("pool {} is declared twice", pool.name),
+                ));
+            }
+            pools.insert(pool.name.clone(), Arc::new(pool));
+        }
+        if !pools.contains_key(&cfg.default_pool) {
+            return Err(Error::invalid(
+                "default pool",
+                format!("{} is not a declared pool", cfg.default_pool),
+            ));
+        }
+        let engine = Engine {
+            node_id: cfg.node_id,
+            node_tag,
+            topology,
+            pools,
+            default_pool: cfg.default_pool,
+            max_volumes_per_node: cfg.max_volumes_per_node,
+            locks: LockTable::default(),
+        };
+        for pool in engine.pools.values() {
+            engine.recover(pool)?;
+        }
+        Ok(engine)
+    }
+
+    /// Start-up reconciliation of one pool: half-made volumes are rolled back, half-deleted ones finished,
+    /// unreadable records quarantined (that volume only) and backings without a record reported.
+    fn recover(&self, pool: &Pool) -> Result<()> {
+        let loaded = pool.store.load_all(&pool.name)?;
+        for (stem, reason) in loaded.corrupt {
+            warn!(pool = %pool.name, record = %stem, %reason, "quarantining volume with an unusable record");
+            let id = match uuid::Uuid::parse_str(&stem) {
+                Ok(u) => VolumeId {
+                    node_tag: self.node_tag.clone(),
+                    pool: pool.name.clone(),
+                    uuid: u,
+                }
+                .to_string(),
+                Err(_) => format!("{}_{}_{stem}", self.node_tag, pool.name),
+            };
+            pool.quarantine(id, reason);
+        }
+        let mut known = std::collections::HashSet::new();
+        for rec in loaded.records {
+            let vid = rec.volume_id()?;
+            match rec.state {
+                VolumeState::Ready => {
+                    if !pool.backend.exists(&vid.file_stem()) {
+                        warn!(volume.id = %rec.id, pool = %pool.name, "volume's backing is missing");
+                    }
+                    known.insert(vid.file_stem());
+                    pool.insert_loaded(rec);
+                }
+                VolumeState::Creating | VolumeState::Deleting => {
+                    info!(volume.id = %rec.id, state = ?rec.state, "finishing an interrupted operation by removing the volume");
+                    pool.backend.destroy(&vid.file_stem())?;
+                    pool.store.remove(&vid)?;
+                }
+            }
+        }
+        for stem in pool.backend.backings()? {
+            if !known.contains(&stem) {
+                warn!(pool = %pool.name, backing = %stem, "backing has no record; left in place for an operator");
+            }
+        }
+        info!(pool = %pool.name, kind = pool.backend.kind(), volumes = pool.len(), total_bytes = pool.total_bytes,
+              reserved_bytes = pool.reserved(), size_enforced = pool.enforced, "pool ready");
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn topology(&self) -> &Segment {
+        &self.topology
+    }
+
+    pub fn max_volumes_per_node(&self) -> u64 {
+        self.max_volumes_per_node
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+
+    /// FAILED_PRECONDITION material: the first unusable pool.
+    pub fn probe(&self) -> Result<()> {
+        for pool in self.pools.values() {
+            if let Some(reason) = pool.health() {
+                return Err(Error::PoolUnusable {
+                    pool: pool.name.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A segment is served by this node when every key in it is one of ours with our value.
+    pub fn segment_is_local(&self, seg: &Segment) -> bool {
+        seg.iter().all(|(k, v)| self.topology.get(k) == Some(v))
+    }
+
+    /// Picks the pool named by the parameters, refusing keys loam does not know.
+    pub fn pool_for(&self, params: &BTreeMap<String, String>) -> Result<&Arc<Pool>> {
+        for key in params.keys() {
+            if !KNOWN_PARAMETERS.contains(&key.as_str()) && !key.starts_with(RESERVED_PREFIX) {
+                return Err(Error::invalid(
+                    "parameters",
+                    format!(
+                        "unknown parameter {key:?}; loam knows {} (and ignores csi.storage.k8s.io/* keys)",
+                        KNOWN_PARAMETERS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let name = params.get(PARAM_POOL).unwrap_or(&self.default_pool);
+        self.pools.get(name).ok_or_else(|| {
+            Error::invalid(
+                "parameters",
+                format!(
+                    "pool {name:?} does not exist on node {}; pools here: {}",
+                    self.node_id,
+                    self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Parameters as they are stored and compared: loam's own keys only.
+    fn own_parameters(params: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        params
+            .iter()
+            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub(crate) fn lock(&self, vid: &VolumeId) -> Result<OpGuard> {
+        self.locks.try_lock(&vid.uuid.simple().to_string())
+    }
+
+    /// Finds a volume by ID. Malformed IDs and unknown ones are NOT_FOUND; a well-formed ID of another node that
+    /// is not in our records is refused by name.
+    pub(crate) fn lookup(&self, id: &str) -> Result<(VolumeId, Arc<Pool>, VolumeRecord)> {
+        let not_found = || Error::VolumeNotFound {
+            id: id.to_owned(),
+            node: self.node_id.clone(),
+        };
+        let vid = VolumeId::parse(id).map_err(|_| not_found())?;
+        if let Some(pool) = self.pools.get(&vid.pool) {
+            match pool.get(id) {
+                Some(Entry::Ready(rec)) => return Ok((vid, pool.clone(), rec)),
+                Some(Entry::Quarantined(reason)) => {
+                    return Err(Error::Quarantined {
+                        id: id.to_owned(),
+                        reason,
+                    });
+                }
+                None => {}
+            }
+        }
+        if vid.node_tag != self.node_tag {
+            return Err(Error::ForeignVolume {
+                id: id.to_owned(),
+                owner: vid.node_tag,
+                node: self.node_id.clone(),
+            });
+        }
+        Err(not_found())
+    }
+
+    fn to_volume(&self, pool: &Pool, rec: &VolumeRecord) -> Volume {
+        let abnormal = match rec.volume_id() {
+            Ok(vid) if pool.backend.exists(&vid.file_stem()) => None,
+            _ => Some(format!(
+                "the volume's {} backing in pool {} is missing",
+                pool.backend.kind(),
+                pool.name
+            )),
+        };
+        Volume {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            pool: rec.pool.clone(),
+            capacity_bytes: rec.capacity_bytes,
+            context: BTreeMap::from([(CONTEXT_POOL.to_owned(), rec.pool.clone())]),
+            topology: self.topology.clone(),
+            abnormal,
+        }
+    }
+
+    pub fn create_volume(&self, req: &CreateRequest) -> Result<Volume> {
+        if req.name.is_empty() {
+            return Err(Error::invalid("name", "a volume name is required"));
+        }
+        if req.name.len() > id::MAX_CSI_STRING {
+            return Err(Error::invalid(
+                "name",
+                format!("{} bytes is longer than the 128 allowed", req.name.len()),
+            ));
+        }
+        if req.capabilities.is_empty() {
+            return Err(Error::invalid(
+                "volume_capabilities",
+                "at least one capability is required",
+            ));
+        }
+        let pool = self.pool_for(&req.parameters)?.clone();
+        for cap in &req.capabilities {
+            if let Some(why) = pool.backend.unsupported(cap) {
+                return Err(Error::invalid(
+                    "volume_capabilities",
+                    format!("pool {}: {why}", pool.name),
+                ));
+            }
+        }
+        let vid = VolumeId::new(&self.node_tag, &pool.name, &req.name);
+        let _guard = self.lock(&vid)?;
+        let params = Self::own_parameters(&req.parameters);
+
+        // Same name seen before (in any pool): answer the same volume, or refuse if the request differs.
+        for other in self.pools.values() {
+            let other_id = VolumeId {
+                pool: other.name.clone(),
+                ..vid.clone()
+            }
+            .to_string();
+            match other.get(&other_id) {
+                None => continue,
+                Some(Entry::Quarantined(reason)) => {
+                    return Err(Error::Quarantined { id: other_id, reason });
+                }
+                Some(Entry::Ready(rec)) => {
+                    let conflict = |reason: String| Error::NameConflict {
+                        name: req.name.clone(),
+                        id: rec.id.clone(),
+                        reason,
+                    };
+                    if rec.pool != pool.name {
+                        return Err(conflict(format!(
+                            "which is in pool {}, not {}",
+                            rec.pool, pool.name
+                        )));
+                    }
+                    if !capacity::size_compatible(rec.capacity_bytes, req.required_bytes, req.limit_bytes) {
+                        return Err(conflict(format!(
+                            "which has {} bytes, outside the requested range (required {}, limit {})",
+                            rec.capacity_bytes, req.required_bytes, req.limit_bytes
+                        )));
+                    }
+                    if rec.parameters != params {
+                        return Err(conflict(format!(
+                            "which was made with parameters {:?}",
+                            rec.parameters
+                        )));
+                    }
+                    if !req.requisite.is_empty() && !req.requisite.iter().any(|s| self.segment_is_local(s)) {
+                        return Err(conflict(
+                            "which is on this node, outside the requested topology".into(),
+                        ));
+                    }
+                    return Ok(self.to_volume(&pool, &rec));
+                }
+            }
+        }
+
+        if !req.requisite.is_empty() && !req.requisite.iter().any(|s| self.segment_is_local(s)) {
+            return Err(Error::Exhausted(format!(
+                "node {} ({:?}) is not in the requisite topology {:?}",
+                self.node_id, self.topology, req.requisite
+            )));
+        }
+        let size = capacity::choose_size(req.required_bytes, req.limit_bytes, pool.backend.granularity())?;
+        pool.reserve(size)?;
+        let mut rec = VolumeRecord {
+            version: RECORD_VERSION,
+            id: vid.to_string(),
+            name: req.name.clone(),
+            pool: pool.name.clone(),
+            node: self.node_id.clone(),
+            capacity_bytes: size,
+            block: false,
+            parameters: params,
+            state: VolumeState::Creating,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let stem = vid.file_stem();
+        let made = (|| {
+            pool.store.save(&rec)?;
+            pool.backend.provision(&stem, size)?;
+            rec.state = VolumeState::Ready;
+            pool.store.save(&rec)
+        })();
+        if let Err(e) = made {
+            // Undo in reverse; a failure here is logged and left to start-up recovery (the record says Creating).
+            if let Err(u) = pool.backend.destroy(&stem).and_then(|()| pool.store.remove(&vid)) {
+                warn!(volume.id = %rec.id, error = %u, "could not undo a failed create; start-up will retry");
+            }
+            pool.release(size);
+            return Err(e);
+        }
+        pool.insert_reserved(rec.clone());
+        info!(volume.id = %rec.id, volume.name = %rec.name, pool = %pool.name, bytes = size, "volume created");
+        Ok(self.to_volume(&pool, &rec))
+    }
+
+    pub fn delete_volume(&self, id: &str) -> Result<()> {
+        let (vid, pool, mut rec) = match self.lookup(id) {
+            Ok(found) => found,
+            Err(Error::VolumeNotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _guard = self.lock(&vid)?;
+        // Re-read under the lock: a concurrent delete may have finished.
+        let Some(Entry::Ready(current)) = pool.get(id) else {
+            return Ok(());
+        };
+        rec.clone_from(&current);
+        let mounts = self.mounts_of(&pool, &rec)?;
+        if !mounts.is_empty() {
+            return Err(Error::Precondition(format!(
+                "volume {id} is still staged or published on node {} at {}; unpublish and unstage it first",
+                self.node_id,
+                mounts
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        rec.state = VolumeState::Deleting;
+        pool.store.save(&rec)?;
+        pool.backend.destroy(&vid.file_stem())?;
+        pool.store.remove(&vid)?;
+        pool.remove(id);
+        info!(volume.id = %id, pool = %pool.name, bytes = rec.capacity_bytes, "volume deleted");
+        Ok(())
+    }
+
+    pub fn get_volume(&self, id: &str) -> Result<Volume> {
+        let (_, pool, rec) = self.lookup(id)?;
+        Ok(self.to_volume(&pool, &rec))
+    }
+
+    /// `Ok(None)` when every capability is supported, else the reason one is not.
+    pub fn validate_capabilities(
+        &self,
+        id: &str,
+        caps: &[Capability],
+        params: &BTreeMap<String, String>,
+    ) -> Result<Option<String>> {
+        let (_, pool, rec) = self.lookup(id)?;
+        for cap in caps {
+            if let Some(why) = pool.backend.unsupported(cap) {
+                return Ok(Some(why));
+            }
+        }
+        if !params.is_empty() && Self::own_parameters(params) != rec.parameters {
+            return Ok(Some(format!(
+                "volume was made with parameters {:?}",
+                rec.parameters
+            )));
+        }
+        Ok(None)
+    }
+
+    /// One page of volumes in ID order. The token is the ID to start at, so pages stay correct while volumes come
+    /// and go; a token that is not a volume ID is refused (ABORTED, the caller restarts).
+    pub fn list_volumes(&self, start: &str, max_entries: usize) -> Result<(Vec<Volume>, Option<String>)> {
+        if !start.is_empty() && VolumeId::parse(start).is_err() {
+            return Err(Error::BadToken(start.to_owned()));
+        }
+        let mut ids: Vec<(String, &Arc<Pool>)> = self
+            .pools
+            .values()
+            .flat_map(|p| p.ids().into_iter().map(move |id| (id, p)))
+            .collect();
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        let mut next = None;
+        for (id, pool) in ids.into_iter().filter(|(id, _)| id.as_str() >= start) {
+            if max_entries != 0 && out.len() == max_entries {
+                next = Some(id);
+                break;
+            }
+            if let Some(Entry::Ready(rec)) = pool.get(&id) {
+                out.push(self.to_volume(pool, &rec));
+            }
+        }
+        Ok((out, next))
+    }
+
+    /// What can still be allocated for a request with these parameters, capabilities and topology.
+    pub fn capacity(
+        &self,
+        params: &BTreeMap<String, String>,
+        caps: &[Capability],
+        topology: Option<&Segment>,
+    ) -> Result<CapacityReport> {
+        let pool = self.pool_for(params)?;
+        let none = CapacityReport {
+            available_bytes: 0,
+            maximum_volume_bytes: 0,
+        };
+        if topology.is_some_and(|seg| !self.segment_is_local(seg)) {
+            return Ok(none);
+        }
+        if caps.iter().any(|c| pool.backend.unsupported(c).is_some()) {
+            return Ok(none);
+        }
+        let available = pool.available();
+        let g = pool.backend.granularity();
+        Ok(CapacityReport {
+            available_bytes: available,
+            maximum_volume_bytes: available / g * g,
+        })
+    }
+}

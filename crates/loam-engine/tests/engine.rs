@@ -1,0 +1,257 @@
+//! Engine behaviour on a real directory pool in a temp dir: idempotency, capacity accounting under
+//! concurrency, and start-up recovery from interrupted operations and corrupt records. No root needed.
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use loam_engine::{
+    Engine, EngineConfig, Error,
+    id::VolumeId,
+    pool::{PoolConfig, PoolKind},
+    record::{VolumeRecord, VolumeState},
+    types::{AccessMode, AccessType, Capability, CreateRequest},
+};
+
+const MIB: u64 = 1 << 20;
+
+fn config(dir: &Path, capacity: u64) -> EngineConfig {
+    EngineConfig {
+        node_id: "node-a".into(),
+        topology_key: "loam.csi/node".into(),
+        extra_topology: BTreeMap::new(),
+        pools: vec![PoolConfig {
+            name: "default".into(),
+            kind: PoolKind::Dir,
+            path: dir.join("pools/default"),
+            capacity_bytes: Some(capacity),
+        }],
+        default_pool: "default".into(),
+        max_volumes_per_node: 0,
+    }
+}
+
+fn req(name: &str, size: u64) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        required_bytes: size,
+        capabilities: vec![Capability {
+            access: AccessType::Mount {
+                fs_type: String::new(),
+                mount_flags: vec![],
+            },
+            mode: AccessMode::SingleNodeWriter,
+        }],
+        ..Default::default()
+    }
+}
+
+fn available(e: &Engine) -> u64 {
+    e.capacity(&BTreeMap::new(), &[], None).unwrap().available_bytes
+}
+
+#[test]
+fn create_is_idempotent_by_name_and_survives_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let v = e.create_volume(&req("pvc-1", 10 * MIB)).unwrap();
+    assert_eq!(e.create_volume(&req("pvc-1", 10 * MIB)).unwrap(), v);
+    assert!(matches!(
+        e.create_volume(&req("pvc-1", 20 * MIB)),
+        Err(Error::NameConflict { .. })
+    ));
+    assert_eq!(available(&e), 90 * MIB);
+    drop(e);
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    assert_eq!(available(&e), 90 * MIB, "reservations come back from the records");
+    assert_eq!(e.create_volume(&req("pvc-1", 10 * MIB)).unwrap().id, v.id);
+    e.delete_volume(&v.id).unwrap();
+    assert_eq!(available(&e), 100 * MIB);
+    e.delete_volume(&v.id).unwrap();
+}
+
+#[test]
+fn concurrent_creates_never_overcommit() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Arc::new(Engine::open(config(d.path(), 50 * MIB)).unwrap());
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let e = e.clone();
+            std::thread::spawn(move || e.create_volume(&req(&format!("pvc-{i}"), 7 * MIB)))
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let made = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(made, 7, "50 MiB holds exactly seven 7 MiB volumes");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(r, Error::Exhausted(_)), "{r}");
+    }
+    assert_eq!(available(&e), MIB);
+    assert_eq!(e.list_volumes("", 0).unwrap().0.len(), 7);
+}
+
+#[test]
+fn same_name_in_flight_is_busy_not_duplicated() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Arc::new(Engine::open(config(d.path(), 100 * MIB)).unwrap());
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let e = e.clone();
+            std::thread::spawn(move || e.create_volume(&req("same", MIB)))
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for h in handles {
+        match h.join().unwrap() {
+            Ok(v) => {
+                ids.insert(v.id);
+            }
+            Err(Error::Busy(_)) => {}
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(available(&e), 99 * MIB);
+}
+
+#[test]
+fn recovery_rolls_back_creates_finishes_deletes_and_quarantines_corrupt_records() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let keep = e.create_volume(&req("keep", MIB)).unwrap();
+    let half_made = e.create_volume(&req("half-made", MIB)).unwrap();
+    let half_gone = e.create_volume(&req("half-gone", MIB)).unwrap();
+    let corrupt = e.create_volume(&req("corrupt", MIB)).unwrap();
+    drop(e);
+
+    let pool = d.path().join("pools/default");
+    let rec_path = |id: &str| {
+        pool.join("records")
+            .join(format!("{}.json", VolumeId::parse(id).unwrap().file_stem()))
+    };
+    let set_state = |id: &str, state: VolumeState| {
+        let mut r: VolumeRecord = serde_json::from_slice(&std::fs::read(rec_path(id)).unwrap()).unwrap();
+        r.state = state;
+        std::fs::write(rec_path(id), serde_json::to_vec(&r).unwrap()).unwrap();
+    };
+    set_state(&half_made.id, VolumeState::Creating);
+    set_state(&half_gone.id, VolumeState::Deleting);
+    std::fs::write(rec_path(&corrupt.id), b"{ truncated").unwrap();
+
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let ids: Vec<String> = e
+        .list_volumes("", 0)
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(ids, vec![keep.id.clone()]);
+    for gone in [&half_made, &half_gone] {
+        assert!(!rec_path(&gone.id).exists());
+        let stem = VolumeId::parse(&gone.id).unwrap().file_stem();
+        assert!(!pool.join("volumes").join(stem).exists());
+    }
+    // The corrupt one is held back, by itself, with its data untouched.
+    assert!(matches!(
+        e.get_volume(&corrupt.id),
+        Err(Error::Quarantined { .. })
+    ));
+    assert!(matches!(
+        e.delete_volume(&corrupt.id),
+        Err(Error::Quarantined { .. })
+    ));
+    assert!(matches!(
+        e.create_volume(&req("corrupt", MIB)),
+        Err(Error::Quarantined { .. })
+    ));
+    assert!(
+        pool.join("volumes")
+            .join(VolumeId::parse(&corrupt.id).unwrap().file_stem())
+            .exists()
+    );
+    assert!(e.get_volume(&keep.id).is_ok());
+    assert!(e.probe().is_ok());
+}
+
+#[test]
+fn deletion_never_follows_a_symlink_out_of_the_pool() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), b"keep").unwrap();
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let v = e.create_volume(&req("v", MIB)).unwrap();
+    let vol_dir = d
+        .path()
+        .join("pools/default/volumes")
+        .join(VolumeId::parse(&v.id).unwrap().file_stem());
+    std::os::unix::fs::symlink(&outside, vol_dir.join("escape")).unwrap();
+    std::fs::write(vol_dir.join("data"), b"x").unwrap();
+    e.delete_volume(&v.id).unwrap();
+    assert!(!vol_dir.exists());
+    assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep");
+}
+
+#[test]
+fn foreign_and_malformed_ids() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let foreign = "node-b_default_0123456789abcdef0123456789abcdef";
+    match e.delete_volume(foreign) {
+        Err(Error::ForeignVolume { owner, .. }) => assert_eq!(owner, "node-b"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        e.delete_volume("../../etc").is_ok(),
+        "a malformed ID names nothing here"
+    );
+    assert!(matches!(
+        e.get_volume("../../etc"),
+        Err(Error::VolumeNotFound { .. })
+    ));
+}
+
+#[test]
+fn parameters_and_topology() {
+    let d = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let mut r = req("p", MIB);
+    r.parameters.insert("bogus".into(), "1".into());
+    match e.create_volume(&r) {
+        Err(Error::Invalid { reason, .. }) => {
+            assert!(reason.contains("bogus") && reason.contains("pool"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut r = req("p", MIB);
+    r.parameters
+        .insert("csi.storage.k8s.io/pvc/name".into(), "x".into());
+    r.parameters.insert("pool".into(), "nope".into());
+    match e.create_volume(&r) {
+        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("default"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let mut r = req("p", MIB);
+    r.requisite = vec![BTreeMap::from([(
+        "loam.csi/node".to_owned(),
+        "node-b".to_owned(),
+    )])];
+    assert!(matches!(e.create_volume(&r), Err(Error::Exhausted(_))));
+    assert!(matches!(
+        e.create_volume(&req("big", 101 * MIB)),
+        Err(Error::OutOfRange(_))
+    ));
+    let other = BTreeMap::from([("loam.csi/node".to_owned(), "node-b".to_owned())]);
+    assert_eq!(
+        e.capacity(&BTreeMap::new(), &[], Some(&other))
+            .unwrap()
+            .available_bytes,
+        0
+    );
+    let mine = e.topology().clone();
+    assert_eq!(
+        e.capacity(&BTreeMap::new(), &[], Some(&mine))
+            .unwrap()
+            .available_bytes,
+        100 * MIB
+    );
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Run the upstream CSI conformance suite (csi-sanity) against a local loam.
+#
+# Usage: csi-sanity/run.sh [mount|block] [extra csi-sanity args...]
+#
+# csi-sanity itself is NOT built or fetched here: install it separately from
+# kubernetes-csi/csi-test (cmd/csi-sanity) and put it on PATH.
+#
+# Environment:
+#   LOAM_BIN          loam binary to test (default: target/release/loam, then
+#                     target/debug/loam; built with `cargo build --release` if
+#                     neither exists)
+#   LOAM_SANITY_SIZE  --csi.testvolumesize in bytes (default 1073741824 = 1 GiB)
+#   RUST_LOG          loam log filter (default: info)
+#   CSI_SANITY        csi-sanity command (default: csi-sanity from PATH)
+#   LOAM_SANITY_KEEP  set to 1 to keep the temp dir (data dir, loam.log)
+#
+# Must run as root (the node service mounts).  Example:
+#   sudo csi-sanity/run.sh mount --ginkgo.focus='Node Service'
+set -euo pipefail
+
+usage() {
+    sed -n '4p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2
+}
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+
+MODE=mount
+if [[ $# -gt 0 ]]; then
+    case "$1" in
+        mount | block)
+            MODE="$1"
+            shift
+            ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        -*) ;; # no mode given: everything is passed to csi-sanity
+        *)
+            echo "run.sh: unknown mode '$1' (expected 'mount' or 'block')" >&2
+            usage
+            exit 2
+            ;;
+    esac
+fi
+
+PARAMS="$HERE/params-$MODE.yaml"
+SIZE="${LOAM_SANITY_SIZE:-1073741824}"
+if ! [[ "$SIZE" =~ ^[0-9]+$ ]]; then
+    echo "run.sh: LOAM_SANITY_SIZE must be a number of bytes, got '$SIZE'" >&2
+    exit 2
+fi
+
+SANITY="${CSI_SANITY:-csi-sanity}"
+if ! command -v "$SANITY" >/dev/null 2>&1; then
+    cat >&2 <<EOF
+run.sh: '$SANITY' not found on PATH.
+Install csi-sanity from kubernetes-csi/csi-test (cmd/csi-sanity) and put it on
+PATH (or point CSI_SANITY at it). Note that sudo may reset PATH: /usr/local/bin
+is normally kept.
+EOF
+    exit 2
+fi
+
+if [[ "$(id -u)" -ne 0 ]]; then
+    echo "run.sh: must run as root (loam's node service mounts filesystems); try: sudo $0 $MODE" >&2
+    exit 2
+fi
+
+# Locate (or build) the loam binary.
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [[ -n "${LOAM_BIN:-}" ]]; then
+    LOAM="$LOAM_BIN"
+elif [[ -x "$TARGET_DIR/release/loam" ]]; then
+    LOAM="$TARGET_DIR/release/loam"
+elif [[ -x "$TARGET_DIR/debug/loam" ]]; then
+    LOAM="$TARGET_DIR/debug/loam"
+else
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "run.sh: no loam binary found and cargo is not on PATH (sudo may reset PATH); build first or set LOAM_BIN" >&2
+        exit 2
+    fi
+    echo "run.sh: no loam binary found, running cargo build --release" >&2
+    (cd "$ROOT" && cargo build --release)
+    LOAM="$TARGET_DIR/release/loam"
+fi
+if [[ ! -x "$LOAM" ]]; then
+    echo "run.sh: loam binary '$LOAM' is missing or not executable" >&2
+    exit 2
+fi
+
+W="$(mktemp -d "${TMPDIR:-/tmp}/loam-sanity.XXXXXX")"
+SOCK="$W/csi.sock"
+LOG="$W/loam.log"
+LOAM_PID=""
+
+# Lists mount points at or below $W (from this process's mount table).
+# (These functions only run from the EXIT trap; shellcheck < 0.10 flags them
+# as unreachable.)
+# shellcheck disable=SC2317
+mounts_under_w() {
+    awk -v w="$W" '$5 == w || index($5, w "/") == 1 { print $5 }' /proc/self/mountinfo
+}
+
+# shellcheck disable=SC2317
+cleanup() {
+    set +e
+    if [[ -n "$LOAM_PID" ]] && kill -0 "$LOAM_PID" 2>/dev/null; then
+        kill -TERM "$LOAM_PID" 2>/dev/null
+        # Give loam up to ~15s to shut down cleanly, then force it.
+        for _ in $(seq 1 150); do
+            kill -0 "$LOAM_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$LOAM_PID" 2>/dev/null; then
+            echo "run.sh: loam (pid $LOAM_PID) did not exit after SIGTERM, sending SIGKILL" >&2
+            kill -KILL "$LOAM_PID" 2>/dev/null
+        fi
+    fi
+    if [[ -n "$LOAM_PID" ]]; then
+        wait "$LOAM_PID" 2>/dev/null
+    fi
+    local left
+    left="$(mounts_under_w)"
+    if [[ -n "$left" ]]; then
+        {
+            echo "run.sh: WARNING: mounts remain under $W; leaving it in place:"
+            echo "  ${left//$'\n'/$'\n'  }"
+            echo "run.sh: loam log: $LOG"
+        } >&2
+    elif [[ "${LOAM_SANITY_KEEP:-0}" == 1 ]]; then
+        echo "run.sh: LOAM_SANITY_KEEP=1: keeping $W (loam log: $LOG)" >&2
+    else
+        rm -rf --one-file-system "$W"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "run.sh: mode=$MODE loam=$LOAM workdir=$W" >&2
+RUST_LOG="${RUST_LOG:-info}" "$LOAM" serve \
+    --endpoint "unix://$SOCK" \
+    --node-id sanity-node \
+    --data-dir "$W/data" \
+    >"$LOG" 2>&1 &
+LOAM_PID=$!
+
+# Wait up to ~10s for the socket to appear.
+for _ in $(seq 1 100); do
+    [[ -S "$SOCK" ]] && break
+    if ! kill -0 "$LOAM_PID" 2>/dev/null; then
+        echo "run.sh: loam exited before creating $SOCK; log:" >&2
+        tail -n 50 "$LOG" >&2 || true
+        exit 1
+    fi
+    sleep 0.1
+done
+if [[ ! -S "$SOCK" ]]; then
+    echo "run.sh: loam did not create $SOCK within 10s; log:" >&2
+    tail -n 50 "$LOG" >&2 || true
+    exit 1
+fi
+
+# csi-sanity creates mnt/ and staging/ itself before each test (they must
+# not exist beforehand) and removes them afterwards.
+rc=0
+"$SANITY" \
+    --csi.endpoint="unix://$SOCK" \
+    --csi.mountdir="$W/mnt" \
+    --csi.stagingdir="$W/staging" \
+    --csi.testvolumesize="$SIZE" \
+    --csi.testvolumeparameters="$PARAMS" \
+    --csi.testvolumeaccesstype="$MODE" \
+    "$@" || rc=$?
+
+if [[ "$rc" -ne 0 ]]; then
+    echo "run.sh: csi-sanity failed (exit $rc); last lines of the loam log ($LOG):" >&2
+    tail -n 100 "$LOG" >&2 || true
+fi
+exit "$rc"

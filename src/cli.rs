@@ -1,0 +1,241 @@
+//! The command line: `loam serve` runs the driver, `loam client` talks to any CSI socket.
+
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use loam_engine::{
+    Engine, EngineConfig,
+    pool::{PoolConfig, PoolKind},
+};
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::info;
+
+use crate::{client, csi, endpoint, server::Driver};
+
+/// Topology key whose value names the node a volume lives on.
+pub const TOPOLOGY_NODE_KEY: &str = "loam.csi/node";
+pub const DEFAULT_POOL: &str = "default";
+
+#[derive(Debug, Parser)]
+#[command(name = "loam", version, about = "CSI driver for node-local storage")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CSI Identity, Controller and Node services on one unix socket.
+    Serve(ServeArgs),
+    /// Call a CSI driver's RPCs from the command line.
+    Client(client::ClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket to serve on.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///run/loam/csi.sock")]
+    pub endpoint: String,
+    /// This node's name as Kubernetes knows it (default: the host name).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Driver name reported by GetPluginInfo; must match the CSIDriver object.
+    #[arg(long, env = "LOAM_DRIVER_NAME", default_value = "loam.csi")]
+    pub driver_name: String,
+    /// Directory for loam's state; the default pool lives in <data-dir>/pools/default.
+    #[arg(long, env = "LOAM_DATA_DIR", default_value = "/var/lib/loam")]
+    pub data_dir: PathBuf,
+    /// Bytes the default pool may hand out (suffixes K, M, G, T, Ki, Mi, Gi, Ti); default: its filesystem's size.
+    #[arg(long, env = "LOAM_CAPACITY", value_parser = parse_size)]
+    pub capacity: Option<u64>,
+    /// Volumes kubelet may place on this node (0: no limit).
+    #[arg(long, env = "LOAM_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
+    pub max_volumes_per_node: u64,
+    /// Extra topology segment this node reports, such as topology.kubernetes.io/zone=a (repeatable).
+    #[arg(long = "topology", value_parser = parse_key_value)]
+    pub topology: Vec<(String, String)>,
+    /// Log format.
+    #[arg(long, env = "LOAM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 10Gi or 500G"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} in {s:?}; use K, M, G, T, Ki, Mi, Gi or Ti"
+            ));
+        }
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// CSI plugin names: domain-name style, at most 63 characters, starting and ending with a letter or digit.
+fn check_driver_name(name: &str) -> anyhow::Result<()> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+    if !ok {
+        bail!(
+            "driver name {name:?} must be 1-63 of letters, digits, '-', '.', '_', starting and ending with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loam: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.log_format);
+            rt.block_on(serve(args))
+        }
+        Command::Client(args) => rt.block_on(client::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loam: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
+    let node_id = match &args.node_id {
+        Some(n) if !n.is_empty() => n.clone(),
+        _ => rustix::system::uname().nodename().to_string_lossy().into_owned(),
+    };
+    let data_dir = if args.data_dir.is_absolute() {
+        args.data_dir.clone()
+    } else {
+        std::env::current_dir()?.join(&args.data_dir)
+    };
+    Ok(EngineConfig {
+        node_id,
+        topology_key: TOPOLOGY_NODE_KEY.to_owned(),
+        extra_topology: args.topology.iter().cloned().collect::<BTreeMap<_, _>>(),
+        pools: vec![PoolConfig {
+            name: DEFAULT_POOL.to_owned(),
+            kind: PoolKind::Dir,
+            path: data_dir.join("pools").join(DEFAULT_POOL),
+            capacity_bytes: args.capacity,
+        }],
+        default_pool: DEFAULT_POOL.to_owned(),
+        max_volumes_per_node: args.max_volumes_per_node,
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    check_driver_name(&args.driver_name)?;
+    if args.topology.iter().any(|(k, _)| k == TOPOLOGY_NODE_KEY) {
+        bail!("--topology cannot set {TOPOLOGY_NODE_KEY}; it is always this node");
+    }
+    let socket = endpoint::socket_path(&args.endpoint)?;
+    let cfg = engine_config(&args)?;
+    let engine = tokio::task::spawn_blocking(move || Engine::open(cfg))
+        .await
+        .context("opening pools")?
+        .context("opening pools")?;
+    let listener = endpoint::bind(&socket)?;
+    info!(endpoint = %args.endpoint, node.id = engine.node_id(), driver = %args.driver_name,
+          version = env!("CARGO_PKG_VERSION"), "serving CSI");
+    let driver = Driver::new(Arc::new(engine), args.driver_name.clone());
+    let served = tonic::transport::Server::builder()
+        .add_service(csi::identity_server::IdentityServer::new(driver.clone()))
+        .add_service(csi::controller_server::ControllerServer::new(driver.clone()))
+        .add_service(csi::node_server::NodeServer::new(driver))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(error = %e, socket = %socket.display(), "could not remove the socket");
+    }
+    served.context("serving")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT; tonic then stops accepting and drains the calls in flight.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10").unwrap(), 10);
+        assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
+        assert_eq!(parse_size("5G").unwrap(), 5_000_000_000);
+        assert!(parse_size("1.5Gi").is_err());
+        assert!(parse_size("Gi").is_err());
+        assert!(parse_size("1Pi").is_err());
+        assert!(parse_size("99999999999Ti").is_err());
+    }
+
+    #[test]
+    fn driver_names() {
+        assert!(check_driver_name("loam.csi").is_ok());
+        assert!(check_driver_name("a").is_ok());
+        for bad in ["", ".a", "a.", "a/b", &"a".repeat(64)] {
+            assert!(check_driver_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! loam: a CSI driver for node-local storage. This crate is the binary layer: the command line, the gRPC
+//! services and the CSI client. It is the only layer that knows protobuf types.
+
+pub mod cli;
+pub mod client;
+pub mod csi;
+pub mod endpoint;
+pub mod server;
