@@ -11,7 +11,12 @@ use loam_engine::{
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
-use crate::{client, csi, endpoint, server::Driver};
+use crate::{
+    client,
+    config::{FileConfig, NodePools},
+    csi, endpoint,
+    server::Driver,
+};
 
 /// Topology key whose value names the node a volume lives on.
 pub const TOPOLOGY_NODE_KEY: &str = "loam.csi/node";
@@ -46,6 +51,10 @@ pub struct ServeArgs {
     /// Directory for loam's state; the default pool lives in <data-dir>/pools/default.
     #[arg(long, env = "LOAM_DATA_DIR", default_value = "/var/lib/loam")]
     pub data_dir: PathBuf,
+    /// Configuration file declaring pools (TOML; see the README). Without it, one dir pool named `default`
+    /// lives in <data-dir>/pools/default.
+    #[arg(long, env = "LOAM_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Bytes the default pool may hand out (suffixes K, M, G, T, Ki, Mi, Gi, Ti); default: its filesystem's size.
     #[arg(long, env = "LOAM_CAPACITY", value_parser = parse_size)]
     pub capacity: Option<u64>,
@@ -157,17 +166,29 @@ pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
     } else {
         std::env::current_dir()?.join(&args.data_dir)
     };
+    let NodePools { pools, default_pool } = match &args.config {
+        Some(path) => {
+            if args.capacity.is_some() {
+                bail!("--capacity applies to the implicit default pool; with --config set capacity per pool");
+            }
+            FileConfig::load(path)?.for_node(&node_id)?
+        }
+        None => NodePools {
+            pools: vec![PoolConfig {
+                name: DEFAULT_POOL.to_owned(),
+                kind: PoolKind::Dir,
+                path: data_dir.join("pools").join(DEFAULT_POOL),
+                capacity_bytes: args.capacity,
+            }],
+            default_pool: DEFAULT_POOL.to_owned(),
+        },
+    };
     Ok(EngineConfig {
         node_id,
         topology_key: TOPOLOGY_NODE_KEY.to_owned(),
         extra_topology: args.topology.iter().cloned().collect::<BTreeMap<_, _>>(),
-        pools: vec![PoolConfig {
-            name: DEFAULT_POOL.to_owned(),
-            kind: PoolKind::Dir,
-            path: data_dir.join("pools").join(DEFAULT_POOL),
-            capacity_bytes: args.capacity,
-        }],
-        default_pool: DEFAULT_POOL.to_owned(),
+        pools,
+        default_pool,
         max_volumes_per_node: args.max_volumes_per_node,
     })
 }
@@ -187,18 +208,54 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(endpoint = %args.endpoint, node.id = engine.node_id(), driver = %args.driver_name,
           version = env!("CARGO_PKG_VERSION"), "serving CSI");
     let driver = Driver::new(Arc::new(engine), args.driver_name.clone());
-    let served = tonic::transport::Server::builder()
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
         .add_service(csi::identity_server::IdentityServer::new(driver.clone()))
         .add_service(csi::controller_server::ControllerServer::new(driver.clone()))
-        .add_service(csi::node_server::NodeServer::new(driver))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .add_service(csi::node_server::NodeServer::new(driver.clone()))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let _ = stop_rx.changed().await;
+        });
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => r,
+        () = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            drain(&driver, server).await
+        }
+    };
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, socket = %socket.display(), "could not remove the socket");
     }
     served.context("serving")?;
     info!("stopped");
     Ok(())
+}
+
+/// Longest wait for in-flight calls after SIGTERM; kubelet's default grace period is 30 s.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// Waits until the calls in flight have finished. Idle connections do not count: the sidecars keep theirs open
+/// for ever, so waiting for them would hold a stopping node plugin until it is killed.
+async fn drain<F>(driver: &Driver, mut server: std::pin::Pin<&mut F>) -> Result<(), tonic::transport::Error>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        tokio::select! {
+            r = &mut server => return r,
+            () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+        let n = driver.inflight();
+        if n == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(inflight = n, "calls still running after the drain timeout; exiting");
+            return Ok(());
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT; tonic then stops accepting and drains the calls in flight.

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod csi;
 pub mod endpoint;
 pub mod server;

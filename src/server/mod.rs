@@ -1,7 +1,10 @@
 //! The CSI services. One `Driver` serves Identity, Controller and Node; RPC bodies check fields, call the
 //! engine off the async executor, and map errors through `status`.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use loam_engine::Engine;
 use tonic::Status;
@@ -17,6 +20,17 @@ pub struct Driver {
     pub engine: Arc<Engine>,
     pub name: String,
     pub version: String,
+    /// Engine calls running now; shutdown waits for these, not for idle connections.
+    inflight: Arc<AtomicUsize>,
+}
+
+/// Counts one engine call for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Driver {
@@ -25,7 +39,13 @@ impl Driver {
             engine,
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            inflight: Arc::default(),
         }
+    }
+
+    /// Engine calls running now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
     }
 
     /// Runs a blocking engine call on the blocking pool (mounts, fsyncs and tree walks block).
@@ -35,7 +55,15 @@ impl Driver {
         F: FnOnce(&Engine) -> loam_engine::Result<T> + Send + 'static,
     {
         let engine = self.engine.clone();
-        match tokio::task::spawn_blocking(move || f(&engine)).await {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        // Moved into the task, so the count drops when the engine call ends even if the RPC was cancelled.
+        let counted = InFlight(self.inflight.clone());
+        match tokio::task::spawn_blocking(move || {
+            let _counted = counted;
+            f(&engine)
+        })
+        .await
+        {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let st = status::to_status(&e);

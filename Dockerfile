@@ -1,0 +1,31 @@
+# loam: CSI driver for node-local storage.
+# Build: podman build -t loam:0.1.0 .   (or docker build)
+# The builder is pinned to the project's toolchain; the runtime holds loam and what its pool kinds run.
+
+FROM docker.io/library/rust:1.95-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not refetch and rebuild every crate.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY crates/loam-sys/Cargo.toml crates/loam-sys/Cargo.toml
+COPY crates/loam-engine/Cargo.toml crates/loam-engine/Cargo.toml
+RUN mkdir -p src crates/loam-sys/src crates/loam-engine/src \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/loam-sys/src/lib.rs crates/loam-engine/src/lib.rs \
+ && cargo fetch --locked
+COPY crates crates
+COPY src src
+RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs \
+ && cargo build --release --locked --bin loam \
+ && strip target/release/loam
+
+FROM docker.io/library/debian:bookworm-slim
+# dir pools need nothing beyond the binary and the kernel; the filesystem tools of later pool kinds go here.
+COPY --from=build /src/target/release/loam /usr/bin/loam
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="loam" \
+      org.opencontainers.image.description="CSI driver for node-local storage" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/loam-csi/loam"
+ENTRYPOINT ["/usr/bin/loam"]
+CMD ["serve"]
