@@ -40,6 +40,40 @@ fn split(path: &Path) -> Result<(&Path, &str)> {
     }
 }
 
+/// Whether `path` already shows the volume (`src`) with the wanted read-only setting, so a repeated call has
+/// nothing to do. Anything else mounted there, or the volume with the other setting, is a conflict.
+fn already_mounted(
+    table: &MountTable,
+    path: &Path,
+    src: &MountSource,
+    read_only: bool,
+    volume_id: &str,
+    done: &str,
+) -> Result<bool> {
+    let Some(top) = table.top_mount_at(path) else {
+        return Ok(false);
+    };
+    if !top.shows(src) {
+        return Err(Error::MountConflict(format!(
+            "{} already has another filesystem mounted ({})",
+            path.display(),
+            top.source
+        )));
+    }
+    if top.is_read_only() != read_only {
+        let how = if top.is_read_only() {
+            "read-only"
+        } else {
+            "read-write"
+        };
+        return Err(Error::MountConflict(format!(
+            "volume {volume_id} is already {done} at {} {how}",
+            path.display()
+        )));
+    }
+    Ok(true)
+}
+
 impl Engine {
     /// The identity of the volume's data in the mount table (device and directory), from which every mount of it
     /// can be found.
@@ -88,33 +122,8 @@ impl Engine {
         let read_only = req.capability.mode.is_read_only();
         let table = mount_table()?;
         let (data, src) = self.source(&table, &pool, &rec)?;
-        if let Some(top) = table.top_mount_at(staging) {
-            let same = MountSource {
-                major: top.major,
-                minor: top.minor,
-                root: top.root.clone(),
-            } == src;
-            if same && top.is_read_only() == read_only {
-                return Ok(());
-            }
-            return Err(Error::MountConflict(if same {
-                format!(
-                    "volume {} is already staged at {} {}",
-                    req.volume_id,
-                    staging.display(),
-                    if top.is_read_only() {
-                        "read-only"
-                    } else {
-                        "read-write"
-                    }
-                )
-            } else {
-                format!(
-                    "{} already has another filesystem mounted ({})",
-                    staging.display(),
-                    top.source
-                )
-            }));
+        if already_mounted(&table, staging, &src, read_only, &req.volume_id, "staged")? {
+            return Ok(());
         }
         loam_sys::mount::bind(&data, staging, read_only)
             .ctx(|| format!("staging volume {}", req.volume_id))?;
@@ -154,12 +163,7 @@ impl Engine {
             let Some(top) = table.top_mount_at(path) else {
                 return Ok(());
             };
-            let theirs = MountSource {
-                major: top.major,
-                minor: top.minor,
-                root: top.root.clone(),
-            };
-            if &theirs != src {
+            if !top.shows(src) {
                 return Err(Error::Precondition(format!(
                     "{} has a mount of something other than volume {volume_id} ({}); not touching it",
                     path.display(),
@@ -178,43 +182,18 @@ impl Engine {
         let target = &req.target_path;
         let table = mount_table()?;
         let (_, src) = self.source(&table, &pool, &rec)?;
-        let is_ours = |p: &Path| {
-            table.top_mount_at(p).is_some_and(|m| {
-                MountSource {
-                    major: m.major,
-                    minor: m.minor,
-                    root: m.root.clone(),
-                } == src
-            })
-        };
-        if !is_ours(&req.staging_path) {
+        if !table
+            .top_mount_at(&req.staging_path)
+            .is_some_and(|m| m.shows(&src))
+        {
             return Err(Error::Precondition(format!(
                 "volume {} is not staged at {}; call NodeStageVolume first",
                 req.volume_id,
                 req.staging_path.display()
             )));
         }
-        if let Some(top) = table.top_mount_at(target) {
-            if is_ours(target) {
-                if top.is_read_only() == read_only {
-                    return Ok(());
-                }
-                return Err(Error::MountConflict(format!(
-                    "volume {} is already published at {} {}",
-                    req.volume_id,
-                    target.display(),
-                    if top.is_read_only() {
-                        "read-only"
-                    } else {
-                        "read-write"
-                    }
-                )));
-            }
-            return Err(Error::MountConflict(format!(
-                "{} already has another filesystem mounted ({})",
-                target.display(),
-                top.source
-            )));
+        if already_mounted(&table, target, &src, read_only, &req.volume_id, "published")? {
+            return Ok(());
         }
         if req.capability.mode.is_single_publication() {
             let others: Vec<PathBuf> = table

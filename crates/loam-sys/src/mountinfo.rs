@@ -59,6 +59,20 @@ impl MountInfo {
     pub fn is_read_only(&self) -> bool {
         self.mount_options.iter().any(|o| o == "ro")
     }
+
+    /// What this mount shows: its device and the directory within that device's filesystem.
+    pub fn source_id(&self) -> MountSource {
+        MountSource {
+            major: self.major,
+            minor: self.minor,
+            root: self.root.clone(),
+        }
+    }
+
+    /// Whether this mount shows exactly the directory `src`.
+    pub fn shows(&self, src: &MountSource) -> bool {
+        self.major == src.major && self.minor == src.minor && self.root == src.root
+    }
 }
 
 /// A mountinfo line that could not be understood.
@@ -162,9 +176,7 @@ fn parse_line(line: &str) -> Result<MountInfo, String> {
 }
 
 fn parse_u32(field: &str, what: &str) -> Result<u32, String> {
-    field
-        .parse()
-        .map_err(|_| format!("invalid {what}: {field:?}"))
+    field.parse().map_err(|_| format!("invalid {what}: {field:?}"))
 }
 
 /// Splits a comma-separated option list; escapes are decoded per option so an
@@ -193,9 +205,7 @@ fn unescape(field: &str) -> Vec<u8> {
             && let Some(digits) = bytes.get(i + 1..i + 4)
             && digits.iter().all(|d| (b'0'..=b'7').contains(d))
         {
-            let value = digits
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            let value = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
             if let Ok(byte) = u8::try_from(value) {
                 out.push(byte);
                 i += 4;
@@ -246,9 +256,7 @@ impl MountTable {
     /// tests do). In an ordinary process both are the same table.
     pub fn read_self() -> io::Result<Self> {
         match read_stable(Path::new("/proc/thread-self/mountinfo")) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                read_stable(Path::new("/proc/self/mountinfo"))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => read_stable(Path::new("/proc/self/mountinfo")),
             other => other,
         }
     }
@@ -265,10 +273,7 @@ impl MountTable {
 
     /// Every mount whose mount point is exactly `path`, bottom first.
     pub fn mounts_at(&self, path: &Path) -> Vec<&MountInfo> {
-        self.mounts
-            .iter()
-            .filter(|m| m.mount_point == path)
-            .collect()
+        self.mounts.iter().filter(|m| m.mount_point == path).collect()
     }
 
     /// The visible (topmost) mount at exactly `path`, if `path` is a mount
@@ -324,10 +329,7 @@ impl MountTable {
     /// is bind-mounted (including the original mount if `src` is a
     /// filesystem root).
     pub fn mounts_of(&self, src: &MountSource) -> Vec<&MountInfo> {
-        self.mounts
-            .iter()
-            .filter(|m| m.major == src.major && m.minor == src.minor && m.root == src.root)
-            .collect()
+        self.mounts.iter().filter(|m| m.shows(src)).collect()
     }
 }
 
@@ -340,8 +342,7 @@ impl MountTable {
 /// settles is still better than none.
 fn read_stable(path: &Path) -> io::Result<MountTable> {
     let read = || {
-        std::fs::read_to_string(path)
-            .map_err(|e| crate::context(e, format!("reading {}", path.display())))
+        std::fs::read_to_string(path).map_err(|e| crate::context(e, format!("reading {}", path.display())))
     };
     let mut previous = read()?;
     for _ in 1..READ_ATTEMPTS {
