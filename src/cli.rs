@@ -252,7 +252,10 @@ where
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(inflight = n, "calls still running after the drain timeout; exiting");
+            tracing::warn!(
+                inflight = n,
+                "calls still running after the drain timeout; exiting"
+            );
             return Ok(());
         }
     }

@@ -83,7 +83,10 @@ impl FileConfig {
         if entries.is_empty() {
             bail!("no pools are configured for node {node}");
         }
-        let pools = entries.iter().map(PoolEntry::to_pool).collect::<anyhow::Result<Vec<_>>>()?;
+        let pools = entries
+            .iter()
+            .map(PoolEntry::to_pool)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let default_pool = match default {
             Some(d) => d.clone(),
             None if pools.len() == 1 => pools[0].name.clone(),
@@ -102,7 +105,12 @@ impl PoolEntry {
                 Some(parse_size(t).map_err(|e| anyhow::anyhow!("pool {}: capacity: {e}", self.name))?)
             }
         };
-        Ok(PoolConfig { name: self.name.clone(), kind: self.kind, path: self.path.clone(), capacity_bytes })
+        Ok(PoolConfig {
+            name: self.name.clone(),
+            kind: self.kind,
+            path: self.path.clone(),
+            capacity_bytes,
+        })
     }
 }
 
@@ -149,12 +157,19 @@ path = "/mnt/c"
     fn mistakes_are_reported() {
         assert!(toml::from_str::<FileConfig>("poools = []").is_err());
         assert!(toml::from_str::<FileConfig>("[[pools]]\nname='a'\nkind='lvm'\npath='/x'").is_err());
-        let c: FileConfig = toml::from_str("[[pools]]\nname='a'\nkind='dir'\npath='/x'\ncapacity='1Zi'").unwrap();
+        let c: FileConfig =
+            toml::from_str("[[pools]]\nname='a'\nkind='dir'\npath='/x'\ncapacity='1Zi'").unwrap();
         assert!(c.for_node("n").unwrap_err().to_string().contains("capacity"));
-        let two: FileConfig =
-            toml::from_str("[[pools]]\nname='a'\nkind='dir'\npath='/x'\n[[pools]]\nname='b'\nkind='dir'\npath='/y'")
-                .unwrap();
-        assert!(two.for_node("n").unwrap_err().to_string().contains("default_pool"));
+        let two: FileConfig = toml::from_str(
+            "[[pools]]\nname='a'\nkind='dir'\npath='/x'\n[[pools]]\nname='b'\nkind='dir'\npath='/y'",
+        )
+        .unwrap();
+        assert!(
+            two.for_node("n")
+                .unwrap_err()
+                .to_string()
+                .contains("default_pool")
+        );
         let none: FileConfig = toml::from_str("").unwrap();
         assert!(none.for_node("n").is_err());
     }

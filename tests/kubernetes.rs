@@ -378,7 +378,11 @@ async fn probe_fails_with_the_reason_when_a_pool_is_unusable() {
     let moved = srv.root.join("volumes-moved");
     std::fs::rename(&volumes, &moved).unwrap();
     let st = expect_code(id.probe(csi::ProbeRequest {}).await, Code::FailedPrecondition);
-    assert!(st.message().contains("pool default") && st.message().contains("volumes"), "{}", st.message());
+    assert!(
+        st.message().contains("pool default") && st.message().contains("volumes"),
+        "{}",
+        st.message()
+    );
     std::fs::rename(&moved, &volumes).unwrap();
     assert_eq!(ok(id.probe(csi::ProbeRequest {}).await).ready, Some(true));
 }

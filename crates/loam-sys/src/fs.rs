@@ -29,8 +29,8 @@ use std::{
 use rustix::{
     fd::{AsFd, BorrowedFd},
     fs::{
-        AtFlags, CWD, Dir, FileType, Mode, OFlags, ResolveFlags, Statx, StatxFlags, fchmod, fsync,
-        mkdirat, open, openat, openat2, renameat, statx, unlinkat,
+        AtFlags, CWD, Dir, FileType, Mode, OFlags, ResolveFlags, Statx, StatxFlags, fchmod, fsync, mkdirat,
+        open, openat, openat2, renameat, statx, unlinkat,
     },
     io::Errno,
 };
@@ -180,19 +180,13 @@ pub fn create_dir_checked(parent: &Path, name: &str, mode: u32) -> io::Result<bo
             let fd = open_subdir(&parent_fd, &cstring(name)?)
                 .map_err(|e| crate::context(e, format!("opening {}", path.display())))?;
             // mkdir applies the umask; set what was asked for.
-            fchmod(&fd, mode)
-                .map_err(|e| crate::context(e, format!("chmod of {}", path.display())))?;
+            fchmod(&fd, mode).map_err(|e| crate::context(e, format!("chmod of {}", path.display())))?;
             fsync_fd(&parent_fd, parent)?;
             Ok(true)
         }
         Err(Errno::EXIST) => {
-            let st = statx(
-                &parent_fd,
-                name,
-                AtFlags::SYMLINK_NOFOLLOW,
-                StatxFlags::TYPE,
-            )
-            .map_err(|e| crate::context(e, format!("checking {}", path.display())))?;
+            let st = statx(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
+                .map_err(|e| crate::context(e, format!("checking {}", path.display())))?;
             match file_type(&st) {
                 FileType::Directory => Ok(false),
                 FileType::Symlink => Err(io::Error::new(
@@ -263,10 +257,7 @@ fn same_mount(reference: &Statx, st: &Statx) -> bool {
 fn refuse_mount_point(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::ResourceBusy,
-        format!(
-            "refusing to delete across a mount point at {}",
-            path.display()
-        ),
+        format!("refusing to delete across a mount point at {}", path.display()),
     )
 }
 
@@ -410,12 +401,7 @@ pub fn remove_tree_beneath(parent: &Path, name: &str) -> io::Result<()> {
     let parent_st = statx_fd(&parent_fd, parent)?;
     let cname = cstring(name)?;
 
-    let st = match statx(
-        &parent_fd,
-        &cname,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::TYPE,
-    ) {
+    let st = match statx(&parent_fd, &cname, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE) {
         Ok(st) => st,
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(crate::context(e, format!("stat of {}", top_path.display()))),
@@ -424,10 +410,7 @@ pub fn remove_tree_beneath(parent: &Path, name: &str) -> io::Result<()> {
         match unlinkat(&parent_fd, &cname, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => {
-                return Err(crate::context(
-                    e,
-                    format!("removing {}", top_path.display()),
-                ));
+                return Err(crate::context(e, format!("removing {}", top_path.display())));
             }
         }
         return fsync_fd(&parent_fd, parent);
@@ -446,10 +429,7 @@ pub fn remove_tree_beneath(parent: &Path, name: &str) -> io::Result<()> {
     match unlinkat(&parent_fd, &cname, AtFlags::REMOVEDIR) {
         Ok(()) | Err(Errno::NOENT) => {}
         Err(e) => {
-            return Err(crate::context(
-                e,
-                format!("removing {}", top_path.display()),
-            ));
+            return Err(crate::context(e, format!("removing {}", top_path.display())));
         }
     }
     fsync_fd(&parent_fd, parent)
@@ -465,10 +445,7 @@ fn empty_tree(mut walk: Walk, reference: &Statx) -> io::Result<()> {
                 // Removed by someone else meanwhile: fine.
                 Err(Errno::NOENT) => continue,
                 Err(e) => {
-                    return Err(crate::context(
-                        e,
-                        format!("opening {}", child_path.display()),
-                    ));
+                    return Err(crate::context(e, format!("opening {}", child_path.display())));
                 }
             };
             let st = statx_fd(&fd, &child_path)?;
@@ -490,12 +467,7 @@ fn empty_tree(mut walk: Walk, reference: &Statx) -> io::Result<()> {
                 let is_dir = match ty {
                     FileType::Directory => true,
                     FileType::Unknown => {
-                        match statx(
-                            walk.fd(),
-                            &name,
-                            AtFlags::SYMLINK_NOFOLLOW,
-                            StatxFlags::TYPE,
-                        ) {
+                        match statx(walk.fd(), &name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE) {
                             Ok(st) => file_type(&st) == FileType::Directory,
                             Err(Errno::NOENT) => continue,
                             Err(e) => {
@@ -556,13 +528,8 @@ pub fn tree_usage(path: &Path) -> io::Result<Usage> {
         Ok(fd) => fd,
         Err(e) if matches!(crate::os_error(&e), Some(libc::ENOTDIR | libc::ELOOP)) => {
             // Not a directory (or a symlink): just the entry itself.
-            let st = statx(
-                CWD,
-                path,
-                AtFlags::SYMLINK_NOFOLLOW,
-                StatxFlags::BASIC_STATS,
-            )
-            .map_err(|e| crate::context(e, format!("stat of {}", path.display())))?;
+            let st = statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+                .map_err(|e| crate::context(e, format!("stat of {}", path.display())))?;
             return Ok(Usage {
                 bytes: st.stx_blocks.saturating_mul(512),
                 inodes: 1,
@@ -622,9 +589,7 @@ pub fn tree_usage(path: &Path) -> io::Result<Usage> {
                 if !is_dir && st.stx_nlink > 1 && !seen.insert(FileId::of(&st)) {
                     continue;
                 }
-                usage.bytes = usage
-                    .bytes
-                    .saturating_add(st.stx_blocks.saturating_mul(512));
+                usage.bytes = usage.bytes.saturating_add(st.stx_blocks.saturating_mul(512));
                 usage.inodes += 1;
                 if is_dir {
                     walk.top().pending.push(name);
@@ -781,10 +746,7 @@ mod tests {
             ok("/var/lib/kubelet/pods/x/volumes"),
             Path::new("/var/lib/kubelet/pods/x/volumes")
         );
-        assert_eq!(
-            ok(&format!("/{}", "a".repeat(4095))).as_os_str().len(),
-            4096
-        );
+        assert_eq!(ok(&format!("/{}", "a".repeat(4095))).as_os_str().len(), 4096);
     }
 
     #[test]

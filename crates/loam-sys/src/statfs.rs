@@ -22,15 +22,11 @@ pub struct FsStats {
 
 /// `statvfs(path)`, converted to bytes.
 pub fn statfs(path: &Path) -> io::Result<FsStats> {
-    let st = rustix::fs::statvfs(path)
-        .map_err(|e| crate::context(e, format!("statfs {}", path.display())))?;
+    let st =
+        rustix::fs::statvfs(path).map_err(|e| crate::context(e, format!("statfs {}", path.display())))?;
     // Block counts are in units of f_frsize; f_bsize is only the preferred
     // I/O size. Some old filesystems report f_frsize as 0.
-    let block_size = if st.f_frsize != 0 {
-        st.f_frsize
-    } else {
-        st.f_bsize
-    };
+    let block_size = if st.f_frsize != 0 { st.f_frsize } else { st.f_bsize };
     Ok(FsStats {
         block_size,
         total_bytes: st.f_blocks.saturating_mul(block_size),

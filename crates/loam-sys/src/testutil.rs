@@ -49,14 +49,8 @@ pub fn enter_private_mount_namespace() -> io::Result<()> {
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("unshare(CLONE_NEWNS): {e}"),
-        ));
+        return Err(io::Error::new(e.kind(), format!("unshare(CLONE_NEWNS): {e}")));
     }
-    mount_change(
-        "/",
-        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-    )
-    .map_err(|e| crate::context(e, "making / recursively private"))
+    mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
+        .map_err(|e| crate::context(e, "making / recursively private"))
 }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use loam_sys::fs::{
-    Usage, create_dir_checked, fsync_dir, open_beneath, remove_file_durable, remove_tree_beneath,
-    tree_usage, write_atomic,
+    Usage, create_dir_checked, fsync_dir, open_beneath, remove_file_durable, remove_tree_beneath, tree_usage,
+    write_atomic,
 };
 use rustix::fs::{Mode, OFlags, mkdirat, openat, renameat};
 
@@ -140,9 +140,7 @@ fn create_dir_checked_refuses_symlinks_and_files() {
     assert!(!outside.path().join("x").exists());
 
     assert_eq!(
-        create_dir_checked(dir.path(), "a/b", 0o755)
-            .unwrap_err()
-            .kind(),
+        create_dir_checked(dir.path(), "a/b", 0o755).unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
 }
@@ -185,10 +183,7 @@ fn remove_tree_beneath_on_a_top_level_symlink_removes_only_the_link() {
 
     remove_tree_beneath(root.path(), "vol").unwrap();
     assert!(fs::symlink_metadata(root.path().join("vol")).is_err());
-    assert_eq!(
-        fs::read(outside.path().join("data/canary")).unwrap(),
-        b"alive"
-    );
+    assert_eq!(fs::read(outside.path().join("data/canary")).unwrap(), b"alive");
 }
 
 #[test]
@@ -344,10 +339,7 @@ fn open_beneath_stays_beneath() {
 
     let fd = open_beneath(root.path(), Path::new("a/b/f")).unwrap();
     let st = rustix::fs::fstat(&fd).unwrap();
-    assert_eq!(
-        st.st_ino,
-        fs::metadata(root.path().join("a/b/f")).unwrap().ino()
-    );
+    assert_eq!(st.st_ino, fs::metadata(root.path().join("a/b/f")).unwrap().ino());
     open_beneath(root.path(), Path::new("a/b")).unwrap();
     open_beneath(root.path(), Path::new("")).unwrap();
     // ".." that stays inside is fine.

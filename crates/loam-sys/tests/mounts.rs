@@ -93,10 +93,7 @@ fn bind_shows_in_mount_table_and_unmount_removes_it() {
     let err = unmount(&target).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert_eq!(loam_sys::os_error(&err), Some(libc::EINVAL));
-    assert!(
-        err.to_string().contains(&*target.to_string_lossy()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&*target.to_string_lossy()), "{err}");
 }
 
 #[test]
@@ -187,10 +184,7 @@ fn private_namespace_does_not_leak_to_other_threads() {
         // Keep the mount alive until the other thread has looked.
         done_rx.recv().unwrap();
     });
-    assert!(
-        mounted_rx.recv().unwrap(),
-        "mount visible in its own thread"
-    );
+    assert!(mounted_rx.recv().unwrap(), "mount visible in its own thread");
     let here = MountTable::read_self().unwrap();
     let process = MountTable::read_pid(std::process::id()).unwrap();
     done_tx.send(()).unwrap();
@@ -225,10 +219,7 @@ fn remove_tree_beneath_stops_at_a_bind_mount() {
     assert_eq!(err.kind(), ErrorKind::ResourceBusy);
     assert_eq!(
         err.to_string(),
-        format!(
-            "refusing to delete across a mount point at {}",
-            mnt.display()
-        )
+        format!("refusing to delete across a mount point at {}", mnt.display())
     );
     assert_eq!(fs::read(outside.join("canary")).unwrap(), b"alive");
     assert_eq!(fs::read(mnt.join("canary")).unwrap(), b"alive");

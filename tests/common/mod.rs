@@ -1,0 +1,613 @@
+//! Harness for loam's end-to-end tests: runs the real `loam` binary on a unix socket in a temporary directory
+//! and talks CSI to it.
+//!
+//! Each [`Server`] has its own temporary directory (socket, data dir, log, staging and target paths) so tests
+//! run in parallel. When the tests run as root the server runs in its own private mount namespace: every mount
+//! it makes lives and dies with that namespace, so nothing leaks to the host even when a test panics. The
+//! namespace is kept alive across [`Server::restart`] (the harness holds a descriptor to it), as a real node's
+//! mounts outlive a restarted driver; it is released when the `Server` is dropped.
+//!
+//! Paths in node requests are paths as the server sees them. Its namespace is a copy of the host's, so
+//! directories made on the host (staging directories, target parents) are visible to it; only what is
+//! mounted differs. To look through its mounts use [`Server::in_ns`].
+
+// Each test binary uses a different subset of the helpers.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use loam::csi::{
+    self, controller_client::ControllerClient, identity_client::IdentityClient, node_client::NodeClient,
+    volume_capability::access_mode::Mode,
+};
+use loam_sys::mountinfo::MountTable;
+use tonic::{Code, Response, Status, transport::Channel};
+
+pub const KIB: i64 = 1 << 10;
+pub const MIB: i64 = 1 << 20;
+pub const GIB: i64 = 1 << 30;
+
+/// Node ID most tests use.
+pub const NODE: &str = "node-1";
+/// Topology key whose value is the node.
+pub const TOPOLOGY_KEY: &str = "loam.csi/node";
+/// How long a server may take to start answering, or to exit after SIGTERM.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Environment variables `loam serve` reads; cleared so the caller's environment cannot change a test.
+const LOAM_ENV: &[&str] = &[
+    "CSI_ENDPOINT",
+    "NODE_ID",
+    "LOAM_DRIVER_NAME",
+    "LOAM_DATA_DIR",
+    "LOAM_CAPACITY",
+    "LOAM_MAX_VOLUMES_PER_NODE",
+    "LOAM_LOG_FORMAT",
+    "LOAM_CONFIG",
+];
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A running `loam serve` with its own temporary directory.
+pub struct Server {
+    child: Option<Child>,
+    /// Kept for its `Drop` (removes the directory); `root` is its canonical path.
+    dir: tempfile::TempDir,
+    /// Canonical path of the temporary directory: mount points are compared literally.
+    pub root: PathBuf,
+    pub endpoint: String,
+    pub socket: PathBuf,
+    pub pid: u32,
+    pub node_id: String,
+    extra_args: Vec<String>,
+    /// The server's private mount namespace (root only), kept open so it outlives restarts.
+    mount_ns: Option<OwnedFd>,
+}
+
+impl Server {
+    /// Starts `loam serve --node-id <node_id> <extra_args>` in a fresh temporary directory and waits until
+    /// GetPluginInfo answers.
+    ///
+    /// Call it (and [`Server::restart`]) from the test's own thread, not from a spawned task: the server is
+    /// killed when the thread that started it exits (`PR_SET_PDEATHSIG`), so no server outlives a killed test.
+    pub fn start(node_id: &str, extra_args: &[&str]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("loam-test-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let root = dir.path().canonicalize().expect("resolving the temp dir");
+        let socket = root.join("csi.sock");
+        let mut server = Server {
+            child: None,
+            dir,
+            endpoint: format!("unix://{}", socket.display()),
+            socket,
+            root,
+            pid: 0,
+            node_id: node_id.to_owned(),
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            mount_ns: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The data directory given to `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The default pool's directory of volume directories.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.data_dir().join("pools/default/volumes")
+    }
+
+    /// The default pool's directory of volume records.
+    pub fn records_dir(&self) -> PathBuf {
+        self.data_dir().join("pools/default/records")
+    }
+
+    /// The directory backing volume `id` (on the host, which is also where the server sees it).
+    pub fn volume_dir(&self, id: &str) -> PathBuf {
+        self.volumes_dir().join(volume_hex(id))
+    }
+
+    /// The record file of volume `id`.
+    pub fn record_file(&self, id: &str) -> PathBuf {
+        self.records_dir().join(format!("{}.json", volume_hex(id)))
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("loam.log")
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// Creates `<root>/<name>` as a staging directory (the CO's job) and returns it.
+    pub fn staging_dir(&self, name: &str) -> PathBuf {
+        let p = self.root.join(name);
+        std::fs::create_dir_all(&p).expect("creating a staging dir");
+        p
+    }
+
+    /// A target path `<root>/mnt/<name>`: its parent is created (the CO's job), the leaf is not (loam's job).
+    pub fn target_path(&self, name: &str) -> PathBuf {
+        let parent = self.root.join("mnt");
+        std::fs::create_dir_all(&parent).expect("creating the target parent");
+        parent.join(name)
+    }
+
+    /// `path` as the server sees it: through `/proc/<pid>/root`, so its mounts are visible.
+    pub fn in_ns(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.pid)).join(rel)
+    }
+
+    /// The server's mount table.
+    pub fn mount_table(&self) -> MountTable {
+        MountTable::read_pid(self.pid).expect("reading the server's mountinfo")
+    }
+
+    /// How many mounts the server has exactly at `path`.
+    pub fn mounts_at(&self, path: &Path) -> usize {
+        self.mount_table().mounts_at(path).len()
+    }
+
+    /// Mount points in the server's namespace at or under this server's temporary directory.
+    pub fn mounts_under_root(&self) -> Vec<PathBuf> {
+        mounts_under(&self.mount_table(), &self.root)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        loam::endpoint::connect(&self.endpoint)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e:#}\nlog:\n{}", self.endpoint, self.log()))
+    }
+
+    pub async fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel().await)
+    }
+
+    pub async fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel().await)
+    }
+
+    pub async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel().await)
+    }
+
+    /// SIGTERM, wait, and start again with the same data dir, socket and (as root) mount namespace.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait. Asserts a clean exit (code 0) and that the server removed its socket.
+    pub fn stop(&mut self) -> ExitStatus {
+        let status = self.terminate().expect("stop: the server is not running");
+        assert!(
+            status.success(),
+            "loam exited with {status} after SIGTERM\nlog:\n{}",
+            self.log()
+        );
+        assert!(
+            !self.socket.exists(),
+            "loam left its socket {} behind",
+            self.socket.display()
+        );
+        status
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_file())
+            .expect("opening the log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loam"));
+        cmd.arg("serve")
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .arg("--node-id")
+            .arg(&self.node_id)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log file"))
+            .stderr(log);
+        for var in LOAM_ENV {
+            cmd.env_remove(var);
+        }
+        if is_root() {
+            let ns = self.mount_ns.as_ref().map(AsRawFd::as_raw_fd);
+            // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+            // syscalls (prctl, setns, unshare, mount) on values captured by copy; it allocates nothing except
+            // in the error path, where the child is about to fail anyway.
+            unsafe {
+                cmd.pre_exec(move || enter_server_namespace(ns));
+            }
+        }
+        let child = cmd.spawn().expect("spawning loam");
+        self.pid = child.id();
+        self.child = Some(child);
+        if is_root() && self.mount_ns.is_none() {
+            // The child unshared before exec, so its namespace is already the private one.
+            let ns = File::open(format!("/proc/{}/ns/mnt", self.pid)).expect("opening the server's mount ns");
+            self.mount_ns = Some(OwnedFd::from(ns));
+        }
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut last = String::from("socket not created");
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("polling loam"))
+            {
+                self.child = None;
+                panic!("loam exited with {status} before serving\nlog:\n{}", self.log());
+            }
+            if self.socket.exists() {
+                match probe(&self.endpoint) {
+                    Ok(()) => return,
+                    Err(e) => last = e,
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "loam did not answer GetPluginInfo within {TIMEOUT:?}: {last}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait up to [`TIMEOUT`], then SIGKILL. `None` if it was not running.
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("polling loam") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().expect("waiting for loam");
+                if !std::thread::panicking() {
+                    panic!(
+                        "loam did not exit within {TIMEOUT:?} of SIGTERM; killed ({status})\nlog:\n{}",
+                        self.log()
+                    );
+                }
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let status = self.terminate();
+        // Releasing the namespace unmounts whatever the server left in it.
+        self.mount_ns = None;
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(status) = status {
+            assert!(
+                status.success(),
+                "loam exited with {status} after SIGTERM\nlog:\n{}",
+                self.log()
+            );
+        }
+        assert!(
+            !self.socket.exists(),
+            "loam left its socket {} behind",
+            self.socket.display()
+        );
+        let host = MountTable::read_self().expect("reading the test's own mountinfo");
+        let leaked = mounts_under(&host, &self.root);
+        assert!(leaked.is_empty(), "mounts leaked to the host: {leaked:?}");
+    }
+}
+
+/// In the child between fork and exec: die with the test, and join (or create) the server's private mount
+/// namespace. Only async-signal-safe calls.
+fn enter_server_namespace(ns: Option<i32>) -> io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain syscalls on integers and static C strings; no memory is shared with other threads (the
+    // child has only this one).
+    unsafe {
+        // If the test process dies, so does its server (no stray servers holding temp dirs).
+        check(libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ))?;
+        match ns {
+            Some(fd) => check(libc::setns(fd, libc::CLONE_NEWNS)),
+            None => {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own unreaped child.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// One GetPluginInfo call on a runtime of its own, so it works from sync code and from inside async tests.
+fn probe(endpoint: &str) -> Result<(), String> {
+    let endpoint = endpoint.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let channel = loam::endpoint::connect(&endpoint)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            IdentityClient::new(channel)
+                .get_plugin_info(csi::GetPluginInfoRequest {})
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    })
+    .join()
+    .map_err(|_| "probe thread panicked".to_owned())?
+}
+
+/// Mount points in `table` at or under `dir`.
+pub fn mounts_under(table: &MountTable, dir: &Path) -> Vec<PathBuf> {
+    table
+        .mounts()
+        .iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .map(|m| m.mount_point.clone())
+        .collect()
+}
+
+/// The 32-hex-digit part of a volume ID (its directory and record name).
+pub fn volume_hex(id: &str) -> &str {
+    let hex = id.rsplit('_').next().unwrap_or(id);
+    assert!(
+        hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "volume id {id:?} does not end in 32 hex digits"
+    );
+    hex
+}
+
+/// A path as a request string.
+pub fn s(p: &Path) -> String {
+    p.to_str().expect("test paths are UTF-8").to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Results
+
+/// Asserts that `res` failed with `code` and returns the status.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(res: Result<Response<T>, Status>, code: Code) -> Status {
+    match res {
+        Ok(r) => panic!("expected {code:?}, got OK: {:?}", r.into_inner()),
+        Err(st) => {
+            assert_eq!(st.code(), code, "unexpected status: {st:?}");
+            assert!(
+                !st.message().is_empty(),
+                "status message must be human readable, got empty"
+            );
+            st
+        }
+    }
+}
+
+/// Unwraps an OK response, with the status in the panic message otherwise.
+#[track_caller]
+pub fn ok<T>(res: Result<Response<T>, Status>) -> T {
+    match res {
+        Ok(r) => r.into_inner(),
+        Err(st) => panic!("expected OK, got {:?}: {}", st.code(), st.message()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Request builders
+
+pub fn mount_cap(mode: Mode) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
+        access_type: Some(csi::volume_capability::AccessType::Mount(
+            csi::volume_capability::MountVolume::default(),
+        )),
+    }
+}
+
+pub fn block_cap(mode: Mode) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
+        access_type: Some(csi::volume_capability::AccessType::Block(
+            csi::volume_capability::BlockVolume {},
+        )),
+    }
+}
+
+/// The capability most tests use: a mount volume, SINGLE_NODE_WRITER.
+pub fn snw() -> csi::VolumeCapability {
+    mount_cap(Mode::SingleNodeWriter)
+}
+
+/// A CreateVolume request for a mount volume (SINGLE_NODE_WRITER); `size` 0 sends no capacity range.
+pub fn create_req(name: &str, size: i64) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.to_owned(),
+        capacity_range: (size != 0).then_some(csi::CapacityRange {
+            required_bytes: size,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![snw()],
+        ..Default::default()
+    }
+}
+
+pub fn topology(node: &str) -> csi::Topology {
+    csi::Topology {
+        segments: HashMap::from([(TOPOLOGY_KEY.to_owned(), node.to_owned())]),
+    }
+}
+
+pub fn stage_req(id: &str, staging: &Path, cap: csi::VolumeCapability) -> csi::NodeStageVolumeRequest {
+    csi::NodeStageVolumeRequest {
+        volume_id: id.to_owned(),
+        staging_target_path: s(staging),
+        volume_capability: Some(cap),
+        ..Default::default()
+    }
+}
+
+pub fn unstage_req(id: &str, staging: &Path) -> csi::NodeUnstageVolumeRequest {
+    csi::NodeUnstageVolumeRequest {
+        volume_id: id.to_owned(),
+        staging_target_path: s(staging),
+    }
+}
+
+pub fn publish_req(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    cap: csi::VolumeCapability,
+    readonly: bool,
+) -> csi::NodePublishVolumeRequest {
+    csi::NodePublishVolumeRequest {
+        volume_id: id.to_owned(),
+        staging_target_path: s(staging),
+        target_path: s(target),
+        volume_capability: Some(cap),
+        readonly,
+        ..Default::default()
+    }
+}
+
+pub fn unpublish_req(id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: id.to_owned(),
+        target_path: s(target),
+    }
+}
+
+pub fn stats_req(id: &str, path: &str) -> csi::NodeGetVolumeStatsRequest {
+    csi::NodeGetVolumeStatsRequest {
+        volume_id: id.to_owned(),
+        volume_path: path.to_owned(),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Common flows
+
+/// Creates a volume and returns it.
+pub async fn create(ctl: &mut ControllerClient<Channel>, name: &str, size: i64) -> csi::Volume {
+    ok(ctl.create_volume(create_req(name, size)).await)
+        .volume
+        .expect("CreateVolume returned no volume")
+}
+
+/// Every volume ID ListVolumes reports, following next_token.
+pub async fn list_ids(ctl: &mut ControllerClient<Channel>) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = ok(ctl
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 0,
+                starting_token: token.clone(),
+            })
+            .await);
+        ids.extend(
+            page.entries
+                .into_iter()
+                .filter_map(|e| e.volume)
+                .map(|v| v.volume_id),
+        );
+        if page.next_token.is_empty() {
+            return ids;
+        }
+        token = page.next_token;
+    }
+}
+
+/// GetCapacity for the default pool, no topology: (available, maximum volume size).
+pub async fn capacity(ctl: &mut ControllerClient<Channel>) -> (i64, Option<i64>) {
+    let r = ok(ctl.get_capacity(csi::GetCapacityRequest::default()).await);
+    (r.available_capacity, r.maximum_volume_size)
+}
+
+/// The (bytes, inodes) rows of NodeGetVolumeStats.
+pub fn usage_rows(r: &csi::NodeGetVolumeStatsResponse) -> (csi::VolumeUsage, csi::VolumeUsage) {
+    use csi::volume_usage::Unit;
+    let row = |unit: Unit| {
+        r.usage
+            .iter()
+            .find(|u| u.unit == unit as i32)
+            .copied()
+            .unwrap_or_else(|| panic!("no {unit:?} row in {r:?}"))
+    };
+    (row(Unit::Bytes), row(Unit::Inodes))
+}
+
+/// Writes `len` bytes of non-zero data to `path` and syncs them, so the blocks are allocated.
+pub fn write_data(path: &Path, len: usize) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = File::create(path)?;
+    f.write_all(&vec![0x5a; len])?;
+    f.sync_all()
+}
