@@ -190,6 +190,7 @@ pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
         pools,
         default_pool,
         max_volumes_per_node: args.max_volumes_per_node,
+        state_dir: data_dir.join("node"),
     })
 }
 

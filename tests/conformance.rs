@@ -1001,6 +1001,69 @@ async fn loam_node_stage_with_other_access_mode_at_same_path_is_already_exists()
 }
 
 #[tokio::test]
+async fn loam_node_repeat_with_other_capability_is_already_exists_also_after_restart() {
+    // Same path, same read-only flag, other access mode: the mount table alone cannot tell these apart, so loam
+    // keeps a note of how each mount was asked for (CSI: T1=T2, P1!=P2 is ALREADY_EXISTS).
+    if !require_root("loam_node_repeat_with_other_capability_is_already_exists_also_after_restart") {
+        return;
+    }
+    let mut srv = start();
+    let id = create(&mut srv.controller().await, "cap-conflict", GIB)
+        .await
+        .volume_id;
+    let staging = srv.staging_dir("staging");
+    let target = srv.target_path("target");
+    let multi = mount_cap(Mode::SingleNodeMultiWriter);
+    for round in 0..2 {
+        let mut node = srv.node().await;
+        if round == 0 {
+            ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
+            ok(node
+                .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
+                .await);
+        }
+        let st = expect_code(
+            node.node_stage_volume(stage_req(&id, &staging, multi.clone()))
+                .await,
+            Code::AlreadyExists,
+        );
+        assert!(st.message().contains("SingleNodeWriter"), "{}", st.message());
+        expect_code(
+            node.node_publish_volume(publish_req(&id, &staging, &target, multi.clone(), false))
+                .await,
+            Code::AlreadyExists,
+        );
+        // The same arguments are still fine, and nothing was mounted twice.
+        ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
+        ok(node
+            .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
+            .await);
+        assert_eq!(srv.mounts_at(&staging), 1);
+        assert_eq!(srv.mounts_at(&target), 1);
+        drop(node);
+        if round == 0 {
+            srv.restart();
+        }
+    }
+    let mut node = srv.node().await;
+    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
+    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
+    // With the mounts gone their notes are gone too: the other mode is accepted now.
+    ok(node
+        .node_stage_volume(stage_req(&id, &staging, multi.clone()))
+        .await);
+    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
+    assert!(srv.mounts_under_root().is_empty());
+    let notes = srv.data_dir().join("node/mounts");
+    assert_eq!(
+        std::fs::read_dir(&notes).unwrap().count(),
+        0,
+        "no notes left in {}",
+        notes.display()
+    );
+}
+
+#[tokio::test]
 async fn loam_node_publish_without_staging_path_is_failed_precondition() {
     let srv = start();
     let mut ctl = srv.controller().await;
@@ -1331,7 +1394,8 @@ async fn loam_create_volume_path_like_name_stays_in_pool() {
     ids.sort();
     assert_eq!(names(&srv.volumes_dir()), ids);
     assert_eq!(names(&srv.root), vec!["csi.sock", "data", "loam.log"]);
-    assert_eq!(names(&srv.data_dir()), vec!["pools"]);
+    assert_eq!(names(&srv.data_dir()), vec!["node", "pools"]);
+    assert_eq!(names(&srv.data_dir().join("node")), vec!["mounts"]);
     assert_eq!(names(&srv.data_dir().join("pools")), vec!["default"]);
     assert_eq!(
         names(&srv.data_dir().join("pools/default")),

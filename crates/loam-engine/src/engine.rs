@@ -3,10 +3,12 @@
 
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use loam_sys::mountinfo::MountTable;
 use tracing::{info, warn};
 
 use crate::{
@@ -14,6 +16,7 @@ use crate::{
     error::{Error, Result},
     id::{self, VolumeId},
     locks::{LockTable, OpGuard},
+    notes::Notes,
     pool::{Entry, Pool, PoolConfig},
     record::{RECORD_VERSION, VolumeRecord, VolumeState},
     types::{Capability, CapacityReport, CreateRequest, Segment, Volume},
@@ -38,6 +41,8 @@ pub struct EngineConfig {
     /// The pool used when a request names none.
     pub default_pool: String,
     pub max_volumes_per_node: u64,
+    /// This node's own state (mount notes), apart from the pools.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug)]
@@ -49,6 +54,7 @@ pub struct Engine {
     default_pool: String,
     max_volumes_per_node: u64,
     locks: LockTable,
+    pub(crate) notes: Notes,
 }
 
 impl Engine {
@@ -77,6 +83,16 @@ impl Engine {
                 format!("{} is not a declared pool", cfg.default_pool),
             ));
         }
+        let notes = Notes::open(cfg.state_dir.join("mounts"))?;
+        match MountTable::read_self() {
+            Ok(table) => {
+                let pruned = notes.prune(&table)?;
+                if pruned > 0 {
+                    info!(pruned, "dropped notes of mounts that are gone");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the mount table; mount notes not pruned"),
+        }
         let engine = Engine {
             node_id: cfg.node_id,
             node_tag,
@@ -85,6 +101,7 @@ impl Engine {
             default_pool: cfg.default_pool,
             max_volumes_per_node: cfg.max_volumes_per_node,
             locks: LockTable::default(),
+            notes,
         };
         for pool in engine.pools.values() {
             engine.recover(pool)?;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod id;
 pub mod locks;
 mod node;
+pub mod notes;
 pub mod pool;
 pub mod record;
 pub mod types;

@@ -9,6 +9,7 @@ use tracing::info;
 use crate::{
     engine::Engine,
     error::{Error, IoContext, Result},
+    notes::MountNote,
     pool::Pool,
     record::VolumeRecord,
     types::{Capability, PublishRequest, StageRequest, VolumeStats},
@@ -123,10 +124,16 @@ impl Engine {
         let table = mount_table()?;
         let (data, src) = self.source(&table, &pool, &rec)?;
         if already_mounted(&table, staging, &src, read_only, &req.volume_id, "staged")? {
-            return Ok(());
+            return self.check_note(staging, &req.volume_id, &req.capability, read_only, "staged");
         }
         loam_sys::mount::bind(&data, staging, read_only)
             .ctx(|| format!("staging volume {}", req.volume_id))?;
+        self.notes.put(&MountNote {
+            volume_id: req.volume_id.clone(),
+            path: staging.clone(),
+            capability: req.capability.clone(),
+            read_only,
+        });
         info!(volume.id = %req.volume_id, staging.path = %staging.display(), read_only, "volume staged");
         Ok(())
     }
@@ -138,6 +145,7 @@ impl Engine {
         let (_, src) = self.source(&table, &pool, &rec)?;
         let mounts = table.mounts_of(&src);
         if !mounts.iter().any(|m| m.mount_point == staging) {
+            self.notes.remove(staging);
             return Ok(());
         }
         let published: Vec<PathBuf> = mounts
@@ -152,8 +160,32 @@ impl Engine {
             )));
         }
         self.unmount_all(staging, &src, volume_id)?;
+        self.notes.remove(staging);
         info!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
         Ok(())
+    }
+
+    /// A repeat at a path that already shows the volume is OK only if it asks for what the note says was asked for.
+    fn check_note(
+        &self,
+        path: &Path,
+        volume_id: &str,
+        cap: &Capability,
+        read_only: bool,
+        done: &str,
+    ) -> Result<()> {
+        match self.notes.get(path) {
+            Some(n) if n.volume_id == volume_id && (n.capability != *cap || n.read_only != read_only) => {
+                Err(Error::MountConflict(format!(
+                    "volume {volume_id} is already {done} at {} with {:?} (read_only: {}); this request asks for \
+                     {cap:?} (read_only: {read_only})",
+                    path.display(),
+                    n.capability,
+                    n.read_only
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Unmounts every layer of the volume at `path`, refusing to touch a mount of something else.
@@ -193,7 +225,7 @@ impl Engine {
             )));
         }
         if already_mounted(&table, target, &src, read_only, &req.volume_id, "published")? {
-            return Ok(());
+            return self.check_note(target, &req.volume_id, &req.capability, read_only, "published");
         }
         if req.capability.mode.is_single_publication() {
             let others: Vec<PathBuf> = table
@@ -223,6 +255,12 @@ impl Engine {
                 source: e,
             });
         }
+        self.notes.put(&MountNote {
+            volume_id: req.volume_id.clone(),
+            path: target.clone(),
+            capability: req.capability.clone(),
+            read_only,
+        });
         info!(volume.id = %req.volume_id, target.path = %target.display(), read_only, "volume published");
         Ok(())
     }
@@ -254,6 +292,7 @@ impl Engine {
                 )));
             }
         }
+        self.notes.remove(target);
         info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
         Ok(())
     }

@@ -2,10 +2,12 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 /// A topology segment: `{"loam.csi/node": "node-1", ...}`.
 pub type Segment = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccessMode {
     SingleNodeWriter,
     SingleNodeReaderOnly,
@@ -44,7 +46,7 @@ impl AccessMode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccessType {
     Mount {
         fs_type: String,
@@ -53,7 +55,7 @@ pub enum AccessType {
     Block,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capability {
     pub access: AccessType,
     pub mode: AccessMode,

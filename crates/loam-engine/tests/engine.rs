@@ -26,6 +26,7 @@ fn config(dir: &Path, capacity: u64) -> EngineConfig {
         }],
         default_pool: "default".into(),
         max_volumes_per_node: 0,
+        state_dir: dir.join("node"),
     }
 }
 
