@@ -4,19 +4,23 @@
 
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not refetch and rebuild every crate.
+# Dependencies first, in their own layer: built once against empty stand-ins for loam's own crates, so
+# source edits neither refetch nor rebuild them (the build script's CSI bindings are cached too).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY crates/loam-sys/Cargo.toml crates/loam-sys/Cargo.toml
 COPY crates/loam-engine/Cargo.toml crates/loam-engine/Cargo.toml
 RUN mkdir -p src crates/loam-sys/src crates/loam-engine/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/loam-sys/src/lib.rs crates/loam-engine/src/lib.rs \
- && cargo fetch --locked
+ && cargo build --release --locked --bin loam
 COPY crates crates
 COPY src src
+# COPY keeps the sources' own mtimes, which can be older than the stand-ins' build: touch so cargo rebuilds
+# loam's crates, and refuse to ship the stand-in binary should it not.
 RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs \
  && cargo build --release --locked --bin loam \
- && strip target/release/loam
+ && strip target/release/loam \
+ && target/release/loam --version | grep '^loam '
 
 FROM docker.io/library/debian:bookworm-slim
 # dir pools need nothing beyond the binary and the kernel; the filesystem tools of later pool kinds go here.
