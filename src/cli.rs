@@ -62,7 +62,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LOAM_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
     pub max_volumes_per_node: u64,
     /// Extra topology segment this node reports, such as topology.kubernetes.io/zone=a (repeatable).
-    #[arg(long = "topology", value_parser = parse_key_value)]
+    #[arg(long = "topology", value_parser = parse_segment_flag)]
     pub topology: Vec<(String, String)>,
     /// Log format.
     #[arg(long, env = "LOAM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -95,10 +95,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+/// `KEY=VALUE`; the value may be empty, the key may not.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// A topology segment flag: `KEY=VALUE` with a value (Kubernetes node labels cannot match an empty one here).
+fn parse_segment_flag(s: &str) -> Result<(String, String), String> {
+    match parse_key_value(s)? {
+        (_, v) if v.is_empty() => Err(format!("{s:?} has an empty value")),
+        kv => Ok(kv),
     }
 }
 
@@ -291,6 +300,16 @@ mod tests {
         assert!(parse_size("Gi").is_err());
         assert!(parse_size("1Pi").is_err());
         assert!(parse_size("99999999999Ti").is_err());
+    }
+
+    #[test]
+    fn key_values() {
+        assert_eq!(parse_key_value("a=b").unwrap(), ("a".into(), "b".into()));
+        assert_eq!(parse_key_value("fstype=").unwrap(), ("fstype".into(), String::new()));
+        assert!(parse_key_value("=b").is_err());
+        assert!(parse_key_value("ab").is_err());
+        assert_eq!(parse_segment_flag("zone=a=b").unwrap(), ("zone".into(), "a=b".into()));
+        assert!(parse_segment_flag("zone=").is_err());
     }
 
     #[test]

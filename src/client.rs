@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tonic::{Code, Status, transport::Channel};
 
 use crate::{
-    cli::parse_size,
+    cli::{parse_key_value, parse_size},
     csi::{
         self, controller_client::ControllerClient, controller_service_capability,
         identity_client::IdentityClient, node_client::NodeClient, node_service_capability, plugin_capability,
@@ -238,14 +238,6 @@ fn capability(access_type: volume_capability::AccessType, mode: Mode) -> csi::Vo
     csi::VolumeCapability {
         access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
         access_type: Some(access_type),
-    }
-}
-
-/// `KEY=VALUE`; the value may be empty, the key may not.
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 
