@@ -30,6 +30,11 @@ fn list(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
+/// Whether `p` is a directory itself, not a symlink to one.
+fn is_dir_no_follow(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
 /// Splits an absolute, normalized path into its parent and last component.
 fn split(path: &Path) -> Result<(&Path, &str)> {
     match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
@@ -112,13 +117,11 @@ impl Engine {
         let _guard = self.lock(&vid)?;
         Self::check_capability(&pool, &req.capability)?;
         let staging = &req.staging_path;
-        let meta = std::fs::symlink_metadata(staging)
-            .ctx(|| format!("staging path {} (the CO must create it)", staging.display()))?;
-        if !meta.is_dir() {
-            return Err(Error::invalid(
-                "staging_target_path",
-                format!("{} is not a directory", staging.display()),
-            ));
+        if !is_dir_no_follow(staging) {
+            return Err(Error::Precondition(format!(
+                "staging path {} is not an existing directory; the CO creates it before NodeStageVolume",
+                staging.display()
+            )));
         }
         let read_only = req.capability.mode.is_read_only();
         let table = mount_table()?;
@@ -244,8 +247,27 @@ impl Engine {
             }
         }
         let (parent, name) = split(target)?;
-        let created = loam_sys::fs::create_dir_checked(parent, name, TARGET_DIR_MODE)
-            .ctx(|| format!("creating target directory {}", target.display()))?;
+        if !is_dir_no_follow(parent) {
+            return Err(Error::Precondition(format!(
+                "the parent of target path {} is not an existing directory; the CO creates it",
+                target.display()
+            )));
+        }
+        let created = match loam_sys::fs::create_dir_checked(parent, name, TARGET_DIR_MODE) {
+            Ok(created) => created,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Precondition(format!(
+                    "target path {} exists and is not a directory loam can mount on: {e}",
+                    target.display()
+                )));
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    op: format!("creating target directory {}", target.display()),
+                    source: e,
+                });
+            }
+        };
         if let Err(e) = loam_sys::mount::bind(&req.staging_path, target, read_only) {
             if created {
                 let _ = std::fs::remove_dir(target);

@@ -1,7 +1,11 @@
 //! Engine behaviour on a real directory pool in a temp dir: idempotency, capacity accounting under
 //! concurrency, and start-up recovery from interrupted operations and corrupt records. No root needed.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use loam_engine::{
     Engine, EngineConfig, Error,
@@ -255,4 +259,53 @@ fn parameters_and_topology() {
             .available_bytes,
         100 * MIB
     );
+}
+
+#[test]
+fn node_paths_the_co_should_have_made_are_failed_precondition() {
+    if !loam_sys::testutil::require_root("node_paths_the_co_should_have_made_are_failed_precondition") {
+        return;
+    }
+    // This thread's own mount namespace: mounts made here vanish with it.
+    loam_sys::testutil::enter_private_mount_namespace().unwrap();
+    use loam_engine::types::{PublishRequest, StageRequest};
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let e = Engine::open(config(&root, 100 * MIB)).unwrap();
+    let v = e.create_volume(&req("v", MIB)).unwrap();
+    let cap = req("v", MIB).capabilities[0].clone();
+    let stage = |path: &Path| StageRequest {
+        volume_id: v.id.clone(),
+        staging_path: path.to_owned(),
+        capability: cap.clone(),
+    };
+    let missing = root.join("no-such-staging");
+    match e.stage(&stage(&missing)) {
+        Err(Error::Precondition(m)) => assert!(m.contains("no-such-staging"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let staging = root.join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    e.stage(&stage(&staging)).unwrap();
+    let publish = |target: PathBuf| PublishRequest {
+        volume_id: v.id.clone(),
+        staging_path: staging.clone(),
+        target_path: target,
+        capability: cap.clone(),
+        read_only: false,
+    };
+    let file = root.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let link = root.join("a-link");
+    std::os::unix::fs::symlink(&staging, &link).unwrap();
+    for target in [root.join("no-parent/mount"), file.clone(), link.clone()] {
+        match e.publish(&publish(target.clone())) {
+            Err(Error::Precondition(m)) => assert!(m.contains(target.to_str().unwrap()), "{m}"),
+            other => panic!("{target:?}: {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x", "the file is left alone");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    e.unstage(&v.id, &staging).unwrap();
+    e.delete_volume(&v.id).unwrap();
 }
