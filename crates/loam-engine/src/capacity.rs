@@ -39,17 +39,30 @@ pub fn choose_size(required: u64, limit: u64, granularity: u64) -> Result<u64> {
     )))
 }
 
-/// Whether `size` fits a pool of `total` bytes of which `reserved` are taken.
-pub fn check_fits(pool: &str, size: u64, total: u64, reserved: u64) -> Result<()> {
+/// What a new volume may take: the unreserved part of the pool, and never more than its filesystem has free
+/// (volumes whose size the filesystem does not hold back take space as they are written, so space that is not
+/// on the disk must not be promised).
+pub fn available(total: u64, reserved: u64, fs_free: u64) -> u64 {
+    total.saturating_sub(reserved).min(fs_free)
+}
+
+/// Whether `size` fits a pool of `total` bytes of which `reserved` are taken, on a filesystem with `fs_free`
+/// bytes free.
+pub fn check_fits(pool: &str, size: u64, total: u64, reserved: u64, fs_free: u64) -> Result<()> {
     if size > total {
         return Err(Error::OutOfRange(format!(
             "{size} bytes is more than pool {pool} can ever hold ({total} bytes)"
         )));
     }
-    let available = total.saturating_sub(reserved);
-    if size > available {
+    let unreserved = total.saturating_sub(reserved);
+    if size > unreserved {
         return Err(Error::Exhausted(format!(
-            "pool {pool} has {available} bytes free, {size} requested"
+            "pool {pool} has {unreserved} bytes free, {size} requested"
+        )));
+    }
+    if size > fs_free {
+        return Err(Error::Exhausted(format!(
+            "pool {pool}'s filesystem has {fs_free} bytes free, {size} requested"
         )));
     }
     Ok(())
@@ -88,10 +101,38 @@ mod tests {
 
     #[test]
     fn fits() {
-        assert!(check_fits("p", 10, 100, 90).is_ok());
-        assert!(matches!(check_fits("p", 11, 100, 90), Err(Error::Exhausted(_))));
-        assert!(matches!(check_fits("p", 101, 100, 0), Err(Error::OutOfRange(_))));
-        assert!(matches!(check_fits("p", 1, 100, 200), Err(Error::Exhausted(_))));
+        let big = u64::MAX;
+        assert!(check_fits("p", 10, 100, 90, big).is_ok());
+        assert!(matches!(
+            check_fits("p", 11, 100, 90, big),
+            Err(Error::Exhausted(_))
+        ));
+        assert!(matches!(
+            check_fits("p", 101, 100, 0, big),
+            Err(Error::OutOfRange(_))
+        ));
+        assert!(matches!(
+            check_fits("p", 1, 100, 200, big),
+            Err(Error::Exhausted(_))
+        ));
+        // The disk is fuller than the accounting knows: its free space is the bound.
+        assert!(check_fits("p", 5, 100, 0, 5).is_ok());
+        match check_fits("p", 6, 100, 0, 5) {
+            Err(Error::Exhausted(m)) => assert!(m.contains("filesystem"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn available_is_the_smaller_bound() {
+        assert_eq!(available(100, 30, 1000), 70);
+        assert_eq!(available(100, 30, 20), 20);
+        assert_eq!(available(100, 200, 1000), 0);
+        for (total, reserved, free) in [(100, 30, 1000), (100, 30, 20), (100, 0, 0), (7, 3, 4)] {
+            let a = available(total, reserved, free);
+            assert!(check_fits("p", a, total, reserved, free).is_ok());
+            assert!(check_fits("p", a + 1, total, reserved, free).is_err());
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::{
     backend::{Backend, dir::DirBackend},
@@ -137,15 +138,29 @@ impl Pool {
         self.state().reserved
     }
 
+    /// Free bytes on the pool's filesystem now; 0 when it cannot be read, so a broken disk is never offered.
+    fn fs_free(&self) -> u64 {
+        match loam_sys::statfs::statfs(&self.root) {
+            Ok(fs) => fs.available_bytes,
+            Err(e) => {
+                warn!(pool = %self.name, error = %e, "cannot read the pool's filesystem; offering no space");
+                0
+            }
+        }
+    }
+
+    /// Bytes a new volume may take now (see `capacity::available`).
     pub fn available(&self) -> u64 {
-        self.total_bytes.saturating_sub(self.reserved())
+        let fs_free = self.fs_free();
+        capacity::available(self.total_bytes, self.reserved(), fs_free)
     }
 
     /// Takes `size` bytes from the pool, or says why it cannot. Check and update are one step, so two
-    /// concurrent creates can never both take the last bytes.
+    /// concurrent creates can never both take the last unreserved bytes.
     pub fn reserve(&self, size: u64) -> Result<()> {
+        let fs_free = self.fs_free();
         let mut st = self.state();
-        capacity::check_fits(&self.name, size, self.total_bytes, st.reserved)?;
+        capacity::check_fits(&self.name, size, self.total_bytes, st.reserved, fs_free)?;
         st.reserved += size;
         Ok(())
     }

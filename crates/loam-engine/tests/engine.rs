@@ -309,3 +309,42 @@ fn node_paths_the_co_should_have_made_are_failed_precondition() {
     e.unstage(&v.id, &staging).unwrap();
     e.delete_volume(&v.id).unwrap();
 }
+
+#[test]
+fn capacity_never_promises_more_than_the_filesystem_has_free() {
+    if !loam_sys::testutil::require_root("capacity_never_promises_more_than_the_filesystem_has_free") {
+        return;
+    }
+    loam_sys::testutil::enter_private_mount_namespace().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let small = d.path().canonicalize().unwrap().join("small");
+    std::fs::create_dir(&small).unwrap();
+    rustix::mount::mount(
+        "tmpfs",
+        &small,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        c"size=64m",
+    )
+    .unwrap();
+    let mut cfg = config(d.path(), 0);
+    cfg.pools[0].path = small.join("pool");
+    cfg.pools[0].capacity_bytes = None;
+    let e = Engine::open(cfg).unwrap();
+    let total = e.pools().next().unwrap().total_bytes;
+    assert_eq!(total, 64 * MIB, "an unset capacity is the filesystem's size");
+    assert!(available(&e) > 60 * MIB);
+    // Something else fills 40 MiB of the disk: loam offers only what is left.
+    std::fs::write(small.join("other-data"), vec![1u8; 40 * MIB as usize]).unwrap();
+    let left = available(&e);
+    assert!(left <= 24 * MIB && left > 20 * MIB, "{left}");
+    let rep = e.capacity(&BTreeMap::new(), &[], None).unwrap();
+    assert_eq!(rep.maximum_volume_bytes, rep.available_bytes);
+    match e.create_volume(&req("too-big-for-the-disk", 30 * MIB)) {
+        Err(Error::Exhausted(m)) => assert!(m.contains("filesystem"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let v = e.create_volume(&req("fits", 10 * MIB)).unwrap();
+    e.delete_volume(&v.id).unwrap();
+    rustix::mount::unmount(&small, rustix::mount::UnmountFlags::empty()).unwrap();
+}
