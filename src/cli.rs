@@ -305,10 +305,16 @@ mod tests {
     #[test]
     fn key_values() {
         assert_eq!(parse_key_value("a=b").unwrap(), ("a".into(), "b".into()));
-        assert_eq!(parse_key_value("fstype=").unwrap(), ("fstype".into(), String::new()));
+        assert_eq!(
+            parse_key_value("fstype=").unwrap(),
+            ("fstype".into(), String::new())
+        );
         assert!(parse_key_value("=b").is_err());
         assert!(parse_key_value("ab").is_err());
-        assert_eq!(parse_segment_flag("zone=a=b").unwrap(), ("zone".into(), "a=b".into()));
+        assert_eq!(
+            parse_segment_flag("zone=a=b").unwrap(),
+            ("zone".into(), "a=b".into())
+        );
         assert!(parse_segment_flag("zone=").is_err());
     }
 

@@ -2,99 +2,27 @@
 //! with `--json`. Controller and identity commands only (node commands need root and mounts; the lifecycle
 //! tests cover those), plus the errors a person sees: the gRPC code name on stderr and exit status 1.
 
-use std::{
-    fs::File,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
+mod common;
 
+use std::process::Output;
+
+use common::{GIB, MIB, loam_command};
 use serde_json::Value;
 
-const LOAM: &str = env!("CARGO_BIN_EXE_loam");
 const NODE: &str = "client-test";
-const MIB: i64 = 1 << 20;
-const GIB: i64 = 1 << 30;
 
-/// Environment variables loam reads; cleared so the caller's environment cannot change the test.
-const LOAM_ENV: &[&str] = &[
-    "CSI_ENDPOINT",
-    "NODE_ID",
-    "LOAM_DRIVER_NAME",
-    "LOAM_DATA_DIR",
-    "LOAM_CAPACITY",
-    "LOAM_MAX_VOLUMES_PER_NODE",
-    "LOAM_LOG_FORMAT",
-];
+/// `loam client` against a `loam serve` of the common harness with a 1 GiB pool.
+struct Cli(common::Server);
 
-/// `loam serve` on a socket in a temporary directory; stopped with SIGTERM when dropped.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let socket = dir.path().join("csi.sock");
-        let endpoint = format!("unix://{}", socket.display());
-        let log = File::create(dir.path().join("serve.log")).expect("log file");
-        let mut cmd = Command::new(LOAM);
-        for var in LOAM_ENV {
-            cmd.env_remove(var);
-        }
-        let child = cmd
-            .args([
-                "serve",
-                "--endpoint",
-                &endpoint,
-                "--node-id",
-                NODE,
-                "--capacity",
-                "1Gi",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting loam serve");
-        let mut server = Server { child, dir, endpoint };
-        server.wait_for(&socket);
-        server
-    }
-
-    fn wait_for(&mut self, socket: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if let Some(status) = self.child.try_wait().expect("checking on loam serve") {
-                panic!("loam serve exited with {status} before serving:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                panic!("{} did not appear within 10 s:\n{}", socket.display(), self.log());
-            }
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("serve.log")
+impl Cli {
+    fn start() -> Cli {
+        Cli(common::Server::start(NODE, &["--capacity", "1Gi"]))
     }
 
     /// Runs `loam client --endpoint <ours> [--json] <args>`.
     fn client(&self, json: bool, args: &[&str]) -> Output {
-        let mut cmd = Command::new(LOAM);
-        for var in LOAM_ENV {
-            cmd.env_remove(var);
-        }
-        cmd.args(["client", "--endpoint", &self.endpoint, "--timeout", "10"])
+        loam_command()
+            .args(["client", "--endpoint", &self.0.endpoint, "--timeout", "10"])
             .args(json.then_some("--json"))
             .args(args)
             .output()
@@ -120,7 +48,7 @@ impl Server {
             "loam client {args:?} failed ({}):\n{}\nserver log:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            self.log()
+            self.0.log()
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
@@ -148,23 +76,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn available(server: &Server) -> i64 {
+fn available(server: &Cli) -> i64 {
     server.json(&["capacity"])["available_capacity"]
         .as_i64()
         .expect("available_capacity")
@@ -172,7 +84,7 @@ fn available(server: &Server) -> i64 {
 
 #[test]
 fn controller_and_identity_commands() {
-    let s = Server::start();
+    let s = Cli::start();
 
     let info = s.json(&["info"]);
     assert_eq!(info["name"], "loam.csi");
@@ -313,9 +225,8 @@ fn controller_and_identity_commands() {
 fn no_server_is_an_error_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("unix://{}", dir.path().join("missing.sock").display());
-    let out = Command::new(LOAM)
+    let out = loam_command()
         .args(["client", "--endpoint", &endpoint, "--timeout", "5", "info"])
-        .env_remove("CSI_ENDPOINT")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

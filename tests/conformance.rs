@@ -30,27 +30,8 @@ const FOREIGN_ID: &str = "othernode_default_0123456789abcdef0123456789abcdef";
 async fn identity_get_plugin_capabilities_should_return_appropriate_capabilities() {
     use plugin_capability::service::Type;
     let srv = start();
-    let caps = ok(srv
-        .identity()
-        .await
-        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
-        .await);
-    let mut types: Vec<Type> = caps
-        .capabilities
-        .iter()
-        .map(|c| match &c.r#type {
-            Some(plugin_capability::Type::Service(s)) => {
-                let t =
-                    Type::try_from(s.r#type).unwrap_or_else(|_| panic!("unknown service type {}", s.r#type));
-                assert_ne!(t, Type::Unknown);
-                t
-            }
-            other => panic!("unexpected plugin capability {other:?}"),
-        })
-        .collect();
-    types.sort();
     assert_eq!(
-        types,
+        plugin_caps(&mut srv.identity().await).await,
         vec![Type::ControllerService, Type::VolumeAccessibilityConstraints]
     );
 }
@@ -93,26 +74,8 @@ async fn identity_get_plugin_info_should_return_appropriate_information() {
 async fn controller_get_capabilities_should_return_appropriate_capabilities() {
     use controller_service_capability::rpc::Type;
     let srv = start();
-    let caps = ok(srv
-        .controller()
-        .await
-        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
-        .await);
-    let mut types: Vec<Type> = caps
-        .capabilities
-        .iter()
-        .map(|c| match &c.r#type {
-            Some(controller_service_capability::Type::Rpc(r)) => {
-                let t = Type::try_from(r.r#type).unwrap_or_else(|_| panic!("unknown rpc type {}", r.r#type));
-                assert_ne!(t, Type::Unknown);
-                t
-            }
-            other => panic!("unexpected controller capability {other:?}"),
-        })
-        .collect();
-    types.sort();
     assert_eq!(
-        types,
+        controller_caps(&mut srv.controller().await).await,
         vec![
             Type::CreateDeleteVolume,
             Type::ListVolumes,
@@ -182,12 +145,7 @@ async fn controller_list_volumes_check_the_presence_of_new_volumes_and_absence_o
     assert_eq!(after_create.len(), before.len() + 1);
     assert!(after_create.contains(&vol.volume_id));
 
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            ..Default::default()
-        })
-        .await);
+    delete(&mut ctl, &vol.volume_id).await;
     let after_delete = list_ids(&mut ctl).await;
     assert_eq!(after_delete.len(), before.len());
     assert!(!after_delete.contains(&vol.volume_id));
@@ -267,7 +225,7 @@ async fn controller_create_volume_should_fail_when_requesting_to_create_a_volume
         }),
         ..create_req("sized", 0)
     };
-    let vol = ok(ctl.create_volume(exact(GIB)).await).volume.unwrap();
+    let vol = create_with(&mut ctl, exact(GIB)).await;
     assert_eq!(
         vol.capacity_bytes, GIB,
         "required = limit must give exactly that size"
@@ -291,12 +249,7 @@ async fn controller_create_volume_should_not_fail_when_creating_volume_with_maxi
         vol.volume_id
     );
     assert_eq!(create(&mut ctl, &name, GIB).await.volume_id, vol.volume_id);
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: vol.volume_id,
-            ..Default::default()
-        })
-        .await);
+    delete(&mut ctl, &vol.volume_id).await;
 }
 
 #[tokio::test]
@@ -318,12 +271,7 @@ async fn controller_delete_volume_should_succeed_when_an_invalid_volume_id_is_us
         "reallyfakevolumeid",
         "node-1_default_0123456789abcdef0123456789abcdef",
     ] {
-        ok(ctl
-            .delete_volume(csi::DeleteVolumeRequest {
-                volume_id: id.into(),
-                ..Default::default()
-            })
-            .await);
+        delete(&mut ctl, id).await;
     }
     assert_eq!(list_ids(&mut ctl).await, vec![keep.volume_id.clone()]);
     assert!(srv.volume_dir(&keep.volume_id).is_dir());
@@ -337,16 +285,12 @@ async fn controller_delete_volume_should_return_appropriate_values() {
     let dir = srv.volume_dir(&vol.volume_id);
     let record = srv.record_file(&vol.volume_id);
     assert!(dir.is_dir() && record.is_file());
-    let del = || csi::DeleteVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        ..Default::default()
-    };
-    ok(ctl.delete_volume(del()).await);
+    delete(&mut ctl, &vol.volume_id).await;
     assert!(!dir.exists(), "volume dir left behind");
     assert!(!record.exists(), "record left behind");
     assert!(list_ids(&mut ctl).await.is_empty());
     // Deleting again is not an error.
-    ok(ctl.delete_volume(del()).await);
+    delete(&mut ctl, &vol.volume_id).await;
     assert_eq!(capacity(&mut ctl).await.0, 16 * GIB);
 }
 
@@ -421,26 +365,8 @@ async fn controller_validate_volume_capabilities_should_fail_when_the_requested_
 async fn node_get_capabilities_should_return_appropriate_capabilities() {
     use node_service_capability::rpc::Type;
     let srv = start();
-    let caps = ok(srv
-        .node()
-        .await
-        .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
-        .await);
-    let mut types: Vec<Type> = caps
-        .capabilities
-        .iter()
-        .map(|c| match &c.r#type {
-            Some(node_service_capability::Type::Rpc(r)) => {
-                let t = Type::try_from(r.r#type).unwrap_or_else(|_| panic!("unknown rpc type {}", r.r#type));
-                assert_ne!(t, Type::Unknown);
-                t
-            }
-            other => panic!("unexpected node capability {other:?}"),
-        })
-        .collect();
-    types.sort();
     assert_eq!(
-        types,
+        node_caps(&mut srv.node().await).await,
         vec![
             Type::StageUnstageVolume,
             Type::GetVolumeStats,
@@ -522,16 +448,11 @@ async fn node_publish_volume_with_single_node_multi_writer_capability_should_fai
         volume_capabilities: vec![cap.clone()],
         ..create_req("snsw", GIB)
     };
-    let id = ok(ctl.create_volume(req).await).volume.unwrap().volume_id;
+    let id = create_with(&mut ctl, req).await.volume_id;
     let staging = srv.staging_dir("staging");
     let target = srv.target_path("target");
     let other = srv.target_path("other_target");
-    ok(node
-        .node_stage_volume(stage_req(&id, &staging, cap.clone()))
-        .await);
-    ok(node
-        .node_publish_volume(publish_req(&id, &staging, &target, cap.clone(), false))
-        .await);
+    stage_and_publish(&mut node, &id, &staging, &target, cap.clone()).await;
     expect_code(
         node.node_publish_volume(publish_req(&id, &staging, &other, cap.clone(), false))
             .await,
@@ -548,15 +469,9 @@ async fn node_publish_volume_with_single_node_multi_writer_capability_should_fai
         .await);
     assert_eq!(srv.mounts_at(&target), 1);
 
-    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
-    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await);
-    assert!(srv.mounts_under_root().is_empty());
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
+    delete(&mut ctl, &id).await;
+    srv.assert_no_mounts();
 }
 
 #[tokio::test]
@@ -595,10 +510,7 @@ async fn node_unpublish_volume_should_remove_target_path() {
     let id = create(&mut ctl, "remove-target", GIB).await.volume_id;
     let staging = srv.staging_dir("staging");
     let target = srv.target_path("target");
-    ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-    ok(node
-        .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
-        .await);
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
     assert!(target.is_dir(), "NodePublish must create the target");
     assert_eq!(srv.mounts_at(&target), 1);
 
@@ -613,13 +525,8 @@ async fn node_unpublish_volume_should_remove_target_path() {
     ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
 
     ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await);
-    assert!(srv.mounts_under_root().is_empty());
+    delete(&mut ctl, &id).await;
+    srv.assert_no_mounts();
 }
 
 #[tokio::test]
@@ -744,10 +651,7 @@ async fn node_get_volume_stats_should_fail_when_volume_does_not_exist_on_the_spe
     let staging = srv.staging_dir("staging");
     let other_staging = srv.staging_dir("other-staging");
     let target = srv.target_path("target");
-    ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-    ok(node
-        .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
-        .await);
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
     ok(node
         .node_stage_volume(stage_req(&other, &other_staging, snw()))
         .await);
@@ -767,12 +671,11 @@ async fn node_get_volume_stats_should_fail_when_volume_does_not_exist_on_the_spe
     ok(node.node_get_volume_stats(stats_req(&id, &s(&target))).await);
     ok(node.node_get_volume_stats(stats_req(&id, &s(&staging))).await);
 
-    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
-    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
     ok(node
         .node_unstage_volume(unstage_req(&other, &other_staging))
         .await);
-    assert!(srv.mounts_under_root().is_empty());
+    srv.assert_no_mounts();
 }
 
 /// NodeGetInfo -> CreateVolume(requisite = node topology) -> NodeStage -> NodePublish -> NodeGetVolumeStats,
@@ -782,13 +685,10 @@ async fn node_flow(srv: &Server, repeats: usize) {
     let info = ok(node.node_get_info(csi::NodeGetInfoRequest {}).await);
     let topo = info.accessible_topology.expect("NodeGetInfo without topology");
     let req = csi::CreateVolumeRequest {
-        accessibility_requirements: Some(csi::TopologyRequirement {
-            requisite: vec![topo.clone()],
-            preferred: vec![topo.clone()],
-        }),
+        accessibility_requirements: strict_topology(&topo),
         ..create_req("node-flow", GIB)
     };
-    let vol = ok(ctl.create_volume(req).await).volume.unwrap();
+    let vol = create_with(&mut ctl, req).await;
     assert_eq!(vol.accessible_topology, vec![topo]);
     let id = vol.volume_id;
     let staging = srv.staging_dir("staging");
@@ -834,17 +734,8 @@ async fn node_flow(srv: &Server, repeats: usize) {
     for _ in 0..repeats {
         ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
     }
-    assert!(
-        srv.mounts_under_root().is_empty(),
-        "{:?}",
-        srv.mounts_under_root()
-    );
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.clone(),
-            ..Default::default()
-        })
-        .await);
+    srv.assert_no_mounts();
+    delete(&mut ctl, &id).await;
     assert!(!srv.volume_dir(&id).exists());
 }
 
@@ -955,10 +846,7 @@ async fn loam_node_publish_other_readonly_at_same_target_is_already_exists() {
     let id = create(&mut ctl, "ro-conflict", GIB).await.volume_id;
     let staging = srv.staging_dir("staging");
     let target = srv.target_path("target");
-    ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-    ok(node
-        .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
-        .await);
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
     expect_code(
         node.node_publish_volume(publish_req(&id, &staging, &target, snw(), true))
             .await,
@@ -975,9 +863,8 @@ async fn loam_node_publish_other_readonly_at_same_target_is_already_exists() {
         .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
         .await);
 
-    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
-    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    assert!(srv.mounts_under_root().is_empty());
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
+    srv.assert_no_mounts();
 }
 
 #[tokio::test]
@@ -997,7 +884,7 @@ async fn loam_node_stage_with_other_access_mode_at_same_path_is_already_exists()
     );
     assert_eq!(srv.mounts_at(&staging), 1);
     ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    assert!(srv.mounts_under_root().is_empty());
+    srv.assert_no_mounts();
 }
 
 #[tokio::test]
@@ -1017,10 +904,7 @@ async fn loam_node_repeat_with_other_capability_is_already_exists_also_after_res
     for round in 0..2 {
         let mut node = srv.node().await;
         if round == 0 {
-            ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-            ok(node
-                .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
-                .await);
+            stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
         }
         let st = expect_code(
             node.node_stage_volume(stage_req(&id, &staging, multi.clone()))
@@ -1046,14 +930,13 @@ async fn loam_node_repeat_with_other_capability_is_already_exists_also_after_res
         }
     }
     let mut node = srv.node().await;
-    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
-    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
     // With the mounts gone their notes are gone too: the other mode is accepted now.
     ok(node
         .node_stage_volume(stage_req(&id, &staging, multi.clone()))
         .await);
     ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    assert!(srv.mounts_under_root().is_empty());
+    srv.assert_no_mounts();
     let notes = srv.data_dir().join("node/mounts");
     assert_eq!(
         std::fs::read_dir(&notes).unwrap().count(),
@@ -1097,7 +980,7 @@ async fn loam_node_publish_without_prior_stage_is_failed_precondition() {
     assert!(st.message().contains("NodeStageVolume"), "{st:?}");
     assert!(!target.exists());
     if is_root() {
-        assert!(srv.mounts_under_root().is_empty());
+        srv.assert_no_mounts();
     }
 }
 
@@ -1111,10 +994,7 @@ async fn loam_node_unstage_while_published_is_failed_precondition() {
     let id = create(&mut ctl, "busy", GIB).await.volume_id;
     let staging = srv.staging_dir("staging");
     let target = srv.target_path("target");
-    ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-    ok(node
-        .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
-        .await);
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
     let st = expect_code(
         node.node_unstage_volume(unstage_req(&id, &staging)).await,
         Code::FailedPrecondition,
@@ -1126,9 +1006,8 @@ async fn loam_node_unstage_while_published_is_failed_precondition() {
     assert_eq!(srv.mounts_at(&staging), 1);
     assert_eq!(srv.mounts_at(&target), 1);
 
-    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
-    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    assert!(srv.mounts_under_root().is_empty());
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
+    srv.assert_no_mounts();
 }
 
 #[tokio::test]
@@ -1139,8 +1018,7 @@ async fn loam_node_unpublish_and_unstage_when_nothing_is_there_are_ok() {
     let staging = srv.staging_dir("staging");
     let target = srv.target_path("target");
     let mut node = srv.node().await;
-    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
-    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
     assert!(
         staging.is_dir(),
         "the CO's staging directory is not loam's to remove"
@@ -1166,11 +1044,7 @@ async fn loam_create_volume_requisite_topology_excluding_node_is_resource_exhaus
     assert_eq!(std::fs::read_dir(srv.volumes_dir()).unwrap().count(), 0);
     assert_eq!(capacity(&mut ctl).await.0, 16 * GIB);
     // Accessible from at least one requisite segment is enough.
-    let vol = ok(ctl
-        .create_volume(with(vec![topology("other-node"), topology(NODE)]))
-        .await)
-    .volume
-    .unwrap();
+    let vol = create_with(&mut ctl, with(vec![topology("other-node"), topology(NODE)])).await;
     assert_eq!(vol.accessible_topology, vec![topology(NODE)]);
 }
 
@@ -1207,11 +1081,10 @@ async fn loam_create_volume_more_than_pool_is_out_of_range() {
 async fn loam_delete_volume_of_another_node_is_failed_precondition_naming_it() {
     let srv = start();
     let mut ctl = srv.controller().await;
-    let req = csi::DeleteVolumeRequest {
-        volume_id: FOREIGN_ID.into(),
-        ..Default::default()
-    };
-    let st = expect_code(ctl.delete_volume(req).await, Code::FailedPrecondition);
+    let st = expect_code(
+        ctl.delete_volume(delete_req(FOREIGN_ID)).await,
+        Code::FailedPrecondition,
+    );
     assert!(
         st.message().contains("othernode"),
         "the message must name the owning node: {st:?}"
@@ -1228,18 +1101,14 @@ async fn loam_delete_volume_while_staged_is_failed_precondition() {
     let id = create(&mut ctl, "staged", GIB).await.volume_id;
     let staging = srv.staging_dir("staging");
     ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-    let del = || csi::DeleteVolumeRequest {
-        volume_id: id.clone(),
-        ..Default::default()
-    };
-    expect_code(ctl.delete_volume(del()).await, Code::FailedPrecondition);
+    expect_code(ctl.delete_volume(delete_req(&id)).await, Code::FailedPrecondition);
     assert!(srv.volume_dir(&id).is_dir());
     assert!(srv.record_file(&id).is_file());
     assert_eq!(list_ids(&mut ctl).await, vec![id.clone()]);
     assert_eq!(srv.mounts_at(&staging), 1);
 
     ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    ok(ctl.delete_volume(del()).await);
+    delete(&mut ctl, &id).await;
     assert!(!srv.volume_dir(&id).exists());
 }
 
@@ -1252,27 +1121,7 @@ async fn loam_list_volumes_paginates_five_volumes_two_per_page() {
         created.push(create(&mut ctl, &format!("page-{i}"), GIB).await.volume_id);
     }
     let all = list_ids(&mut ctl).await;
-    let mut pages = Vec::new();
-    let mut token = String::new();
-    loop {
-        let r = ok(ctl
-            .list_volumes(csi::ListVolumesRequest {
-                max_entries: 2,
-                starting_token: token.clone(),
-            })
-            .await);
-        pages.push(
-            r.entries
-                .iter()
-                .map(|e| e.volume.as_ref().unwrap().volume_id.clone())
-                .collect::<Vec<_>>(),
-        );
-        if r.next_token.is_empty() {
-            break;
-        }
-        token = r.next_token;
-        assert!(pages.len() < 10, "pagination does not end");
-    }
+    let pages = list_pages(&mut ctl, 2).await;
     assert_eq!(
         pages.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![2, 2, 1],
@@ -1309,12 +1158,7 @@ async fn loam_get_capacity_is_exact_and_zero_for_foreign_topology() {
     // A repeated create takes nothing more.
     create(&mut ctl, "three", 3 * GIB).await;
     assert_eq!(capacity(&mut ctl).await.0, 13 * GIB);
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: vol.volume_id,
-            ..Default::default()
-        })
-        .await);
+    delete(&mut ctl, &vol.volume_id).await;
     assert_eq!(capacity(&mut ctl).await, (16 * GIB, Some(16 * GIB)));
 
     let at = |topo: csi::Topology| csi::GetCapacityRequest {
@@ -1434,7 +1278,7 @@ async fn loam_node_calls_with_path_like_volume_id_are_not_found() {
     }
     assert!(!target.exists());
     if is_root() {
-        assert!(srv.mounts_under_root().is_empty());
+        srv.assert_no_mounts();
     }
 }
 
@@ -1467,7 +1311,7 @@ async fn loam_node_paths_with_dotdot_are_invalid_argument() {
     );
     assert!(!srv.root.join("escape").exists());
     if is_root() {
-        assert!(srv.mounts_under_root().is_empty());
+        srv.assert_no_mounts();
     }
 }
 
@@ -1499,7 +1343,7 @@ async fn loam_node_relative_paths_are_invalid_argument() {
         Code::InvalidArgument,
     );
     if is_root() {
-        assert!(srv.mounts_under_root().is_empty());
+        srv.assert_no_mounts();
     }
 }
 

@@ -49,34 +49,16 @@ async fn provisioner_and_kubelet_sequence() {
     // external-provisioner start-up.
     let info = ok(id.get_plugin_info(csi::GetPluginInfoRequest {}).await);
     assert_eq!(info.name, "loam.csi");
-    let plugin_caps: Vec<i32> = ok(id
-        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
-        .await)
-    .capabilities
-    .into_iter()
-    .filter_map(|c| match c.r#type {
-        Some(plugin_capability::Type::Service(s)) => Some(s.r#type),
-        _ => None,
-    })
-    .collect();
+    let plugin_caps = plugin_caps(&mut id).await;
     use plugin_capability::service::Type as Svc;
-    assert!(plugin_caps.contains(&(Svc::ControllerService as i32)));
-    assert!(plugin_caps.contains(&(Svc::VolumeAccessibilityConstraints as i32)));
-    let ctl_caps: Vec<i32> = ok(ctl
-        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
-        .await)
-    .capabilities
-    .into_iter()
-    .filter_map(|c| match c.r#type {
-        Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-        _ => None,
-    })
-    .collect();
+    assert!(plugin_caps.contains(&Svc::ControllerService));
+    assert!(plugin_caps.contains(&Svc::VolumeAccessibilityConstraints));
+    let ctl_caps = controller_caps(&mut ctl).await;
     use controller_service_capability::rpc::Type as Rpc;
-    assert!(ctl_caps.contains(&(Rpc::CreateDeleteVolume as i32)));
-    assert!(ctl_caps.contains(&(Rpc::GetCapacity as i32)));
+    assert!(ctl_caps.contains(&Rpc::CreateDeleteVolume));
+    assert!(ctl_caps.contains(&Rpc::GetCapacity));
     assert!(
-        !ctl_caps.contains(&(Rpc::PublishUnpublishVolume as i32)),
+        !ctl_caps.contains(&Rpc::PublishUnpublishVolume),
         "attachRequired is false"
     );
     let probe = ok(id.probe(csi::ProbeRequest {}).await);
@@ -101,13 +83,10 @@ async fn provisioner_and_kubelet_sequence() {
         }),
         volume_capabilities: vec![mount_cap(Mode::SingleNodeMultiWriter)],
         parameters: HashMap::from([("pool".to_owned(), "default".to_owned())]),
-        accessibility_requirements: Some(csi::TopologyRequirement {
-            requisite: vec![segment.clone()],
-            preferred: vec![segment.clone()],
-        }),
+        accessibility_requirements: strict_topology(&segment),
         ..Default::default()
     };
-    let vol = ok(ctl.create_volume(req.clone()).await).volume.expect("volume");
+    let vol = create_with(&mut ctl, req.clone()).await;
     assert_eq!(vol.capacity_bytes, size);
     assert_eq!(
         vol.accessible_topology,
@@ -117,15 +96,12 @@ async fn provisioner_and_kubelet_sequence() {
     // The provisioner refreshes capacity right after provisioning: exactly the volume's size is gone.
     assert_eq!(poll_capacity(&mut ctl, &segment).await, (GIB - size, GIB - size));
     // A retry after a timeout gets the same volume and takes nothing more.
-    let again = ok(ctl.create_volume(req).await).volume.expect("volume");
+    let again = create_with(&mut ctl, req).await;
     assert_eq!(again.volume_id, vol.volume_id);
     assert_eq!(poll_capacity(&mut ctl, &segment).await.0, GIB - size);
 
     // Kubelet: registration, then stage, publish, stats, unpublish, unstage.
-    let caps = ok(node
-        .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
-        .await);
-    assert!(!caps.capabilities.is_empty());
+    assert!(!node_caps(&mut node).await.is_empty());
     let staging = srv
         .root
         .join("kubelet/plugins/kubernetes.io/csi/loam.csi/4f1d0c0e/globalmount");
@@ -162,31 +138,18 @@ async fn provisioner_and_kubelet_sequence() {
     assert_eq!(bytes.available, size - bytes.used);
     assert!(inodes.used >= 2, "{inodes:?}");
     assert!(!stats.volume_condition.expect("condition").abnormal);
-    ok(node
-        .node_unpublish_volume(unpublish_req(&vol.volume_id, &target))
-        .await);
+    unpublish_and_unstage(&mut node, &vol.volume_id, &staging, &target).await;
     assert!(!target.exists(), "loam removes the target it created");
-    ok(node
-        .node_unstage_volume(unstage_req(&vol.volume_id, &staging))
-        .await);
     assert!(staging.is_dir(), "the CO's staging directory stays");
-    assert!(mounts_under(&srv.mount_table(), &srv.root).is_empty());
+    srv.assert_no_mounts();
 
     // Reclaim: DeleteVolume, and capacity comes back exactly.
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            ..Default::default()
-        })
-        .await);
+    delete(&mut ctl, &vol.volume_id).await;
     assert_eq!(poll_capacity(&mut ctl, &segment).await, (GIB, GIB));
 
     // A claim bigger than what is left is RESOURCE_EXHAUSTED: the provisioner sends it back to the scheduler.
     let mut big = create_req("pvc-too-big", GIB + 1);
-    big.accessibility_requirements = Some(csi::TopologyRequirement {
-        requisite: vec![segment.clone()],
-        preferred: vec![segment.clone()],
-    });
+    big.accessibility_requirements = strict_topology(&segment);
     let st = expect_code(ctl.create_volume(big).await, Code::OutOfRange);
     assert!(
         st.message().contains("more than pool default can ever hold"),
@@ -278,18 +241,11 @@ async fn two_nodes_on_one_machine_keep_to_their_own() {
     // Each provisions only for its own segment.
     let with_req = |name: &str, seg: &csi::Topology| {
         let mut r = create_req(name, 64 * MIB);
-        r.accessibility_requirements = Some(csi::TopologyRequirement {
-            requisite: vec![seg.clone()],
-            preferred: vec![seg.clone()],
-        });
+        r.accessibility_requirements = strict_topology(seg);
         r
     };
-    let va = ok(ca.create_volume(with_req("pvc-a", &seg_a)).await)
-        .volume
-        .unwrap();
-    let vb = ok(cb.create_volume(with_req("pvc-b", &seg_b)).await)
-        .volume
-        .unwrap();
+    let va = create_with(&mut ca, with_req("pvc-a", &seg_a)).await;
+    let vb = create_with(&mut cb, with_req("pvc-b", &seg_b)).await;
     assert_eq!(va.accessible_topology, vec![seg_a.clone()]);
     assert_eq!(vb.accessible_topology, vec![seg_b.clone()]);
     expect_code(
@@ -301,12 +257,8 @@ async fn two_nodes_on_one_machine_keep_to_their_own() {
         Code::ResourceExhausted,
     );
     // The same claim name on two nodes gives two different volumes.
-    let same_a = ok(ca.create_volume(with_req("pvc-same", &seg_a)).await)
-        .volume
-        .unwrap();
-    let same_b = ok(cb.create_volume(with_req("pvc-same", &seg_b)).await)
-        .volume
-        .unwrap();
+    let same_a = create_with(&mut ca, with_req("pvc-same", &seg_a)).await;
+    let same_b = create_with(&mut cb, with_req("pvc-same", &seg_b)).await;
     assert_ne!(same_a.volume_id, same_b.volume_id);
 
     // Capacity: own segment shows what is left, the other's is 0.
@@ -316,11 +268,7 @@ async fn two_nodes_on_one_machine_keep_to_their_own() {
 
     // The other node's volumes are refused by name, never treated as "not found, so gone".
     let st = expect_code(
-        ca.delete_volume(csi::DeleteVolumeRequest {
-            volume_id: vb.volume_id.clone(),
-            ..Default::default()
-        })
-        .await,
+        ca.delete_volume(delete_req(&vb.volume_id)).await,
         Code::FailedPrecondition,
     );
     assert!(st.message().contains("node-b"), "{}", st.message());
@@ -342,11 +290,7 @@ async fn two_nodes_on_one_machine_keep_to_their_own() {
     // Each deletes its own.
     for (c, v) in [(&mut ca, [&va, &same_a]), (&mut cb, [&vb, &same_b])] {
         for v in v {
-            let req = csi::DeleteVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                ..Default::default()
-            };
-            ok(c.delete_volume(req).await);
+            delete(c, &v.volume_id).await;
         }
     }
     assert_eq!(poll_capacity(&mut ca, &seg_a).await.0, GIB);

@@ -54,7 +54,7 @@ async fn lifecycle_create_stage_publish_write_stats_unpublish_unstage_delete() {
         volume_capabilities: vec![smw()],
         ..create_req("life", 64 * MIB)
     };
-    let vol = ok(ctl.create_volume(req).await).volume.unwrap();
+    let vol = create_with(&mut ctl, req).await;
     let id = vol.volume_id.clone();
     assert_eq!(vol.capacity_bytes, 64 * MIB);
     let voldir = srv.volume_dir(&id);
@@ -155,29 +155,16 @@ async fn lifecycle_create_stage_publish_write_stats_unpublish_unstage_delete() {
         0,
         "staging dir not empty"
     );
-    assert!(
-        srv.mounts_under_root().is_empty(),
-        "{:?}",
-        srv.mounts_under_root()
-    );
+    srv.assert_no_mounts();
 
     // Delete: the volume's directory and record are gone, the capacity is back.
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.clone(),
-            ..Default::default()
-        })
-        .await);
+    delete(&mut ctl, &id).await;
     assert!(!voldir.exists(), "volume dir left behind");
     assert!(!record.exists(), "record left behind");
     assert_eq!(capacity(&mut ctl).await.0, 4 * GIB);
     assert!(list_ids(&mut ctl).await.is_empty());
 
-    assert!(
-        srv.mounts_under_root().is_empty(),
-        "{:?}",
-        srv.mounts_under_root()
-    );
+    srv.assert_no_mounts();
     drop((ctl, node));
     srv.stop();
 }
@@ -192,10 +179,7 @@ async fn lifecycle_publish_and_stage_survive_server_restart() {
     let id = create(&mut ctl, "durable", GIB).await.volume_id;
     let staging = srv.staging_dir("staging");
     let target = srv.target_path("target");
-    ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-    ok(node
-        .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
-        .await);
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
     std::fs::write(srv.in_ns(&target).join("before"), DATA).unwrap();
     drop((ctl, node));
 
@@ -210,10 +194,7 @@ async fn lifecycle_publish_and_stage_survive_server_restart() {
     assert_eq!(std::fs::read(srv.in_ns(&target).join("before")).unwrap(), DATA);
 
     // The restarted driver recognises them from the mount table: repeats add nothing, conflicts are seen.
-    ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
-    ok(node
-        .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
-        .await);
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
     assert_mount_of(&srv, &staging, &id, false);
     assert_mount_of(&srv, &target, &id, false);
     expect_code(
@@ -226,30 +207,16 @@ async fn lifecycle_publish_and_stage_survive_server_restart() {
         tonic::Code::FailedPrecondition,
     );
     expect_code(
-        ctl.delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.clone(),
-            ..Default::default()
-        })
-        .await,
+        ctl.delete_volume(delete_req(&id)).await,
         tonic::Code::FailedPrecondition,
     );
     let (bytes, _) = usage_rows(&ok(node.node_get_volume_stats(stats_req(&id, &s(&target))).await));
     assert_eq!(bytes.total, GIB);
 
-    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
     assert!(!target.exists());
-    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
-    assert!(
-        srv.mounts_under_root().is_empty(),
-        "{:?}",
-        srv.mounts_under_root()
-    );
-    ok(ctl
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.clone(),
-            ..Default::default()
-        })
-        .await);
+    srv.assert_no_mounts();
+    delete(&mut ctl, &id).await;
     assert!(!srv.volume_dir(&id).exists());
     drop((ctl, node));
     srv.stop();

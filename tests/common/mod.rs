@@ -16,6 +16,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Debug,
     fs::File,
     io,
     os::{
@@ -28,7 +29,8 @@ use std::{
 };
 
 use loam::csi::{
-    self, controller_client::ControllerClient, identity_client::IdentityClient, node_client::NodeClient,
+    self, controller_client::ControllerClient, controller_service_capability,
+    identity_client::IdentityClient, node_client::NodeClient, node_service_capability, plugin_capability,
     volume_capability::access_mode::Mode,
 };
 use loam_sys::mountinfo::MountTable;
@@ -45,7 +47,7 @@ pub const TOPOLOGY_KEY: &str = "loam.csi/node";
 /// How long a server may take to start answering, or to exit after SIGTERM.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Environment variables `loam serve` reads; cleared so the caller's environment cannot change a test.
+/// Environment variables `loam` reads; cleared so the caller's environment cannot change a test.
 const LOAM_ENV: &[&str] = &[
     "CSI_ENDPOINT",
     "NODE_ID",
@@ -59,6 +61,15 @@ const LOAM_ENV: &[&str] = &[
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// A command running the `loam` binary under test, with the [`LOAM_ENV`] variables cleared.
+pub fn loam_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loam"));
+    for var in LOAM_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 /// A running `loam serve` with its own temporary directory.
@@ -175,6 +186,13 @@ impl Server {
         mounts_under(&self.mount_table(), &self.root)
     }
 
+    /// Asserts that the server has no mounts left at or under its temporary directory.
+    #[track_caller]
+    pub fn assert_no_mounts(&self) {
+        let left = self.mounts_under_root();
+        assert!(left.is_empty(), "mounts left behind: {left:?}");
+    }
+
     pub async fn channel(&self) -> Channel {
         loam::endpoint::connect(&self.endpoint)
             .await
@@ -202,17 +220,24 @@ impl Server {
     /// SIGTERM and wait. Asserts a clean exit (code 0) and that the server removed its socket.
     pub fn stop(&mut self) -> ExitStatus {
         let status = self.terminate().expect("stop: the server is not running");
-        assert!(
-            status.success(),
-            "loam exited with {status} after SIGTERM\nlog:\n{}",
-            self.log()
-        );
+        self.assert_clean_exit(Some(status));
+        status
+    }
+
+    /// Asserts that the server exited with code 0 (`status`, if it was still running) and removed its socket.
+    fn assert_clean_exit(&self, status: Option<ExitStatus>) {
+        if let Some(status) = status {
+            assert!(
+                status.success(),
+                "loam exited with {status} after SIGTERM\nlog:\n{}",
+                self.log()
+            );
+        }
         assert!(
             !self.socket.exists(),
             "loam left its socket {} behind",
             self.socket.display()
         );
-        status
     }
 
     fn spawn(&mut self) {
@@ -222,7 +247,7 @@ impl Server {
             .append(true)
             .open(self.log_file())
             .expect("opening the log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loam"));
+        let mut cmd = loam_command();
         cmd.arg("serve")
             .arg("--endpoint")
             .arg(&self.endpoint)
@@ -235,9 +260,6 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log file"))
             .stderr(log);
-        for var in LOAM_ENV {
-            cmd.env_remove(var);
-        }
         if is_root() {
             let ns = self.mount_ns.as_ref().map(AsRawFd::as_raw_fd);
             // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
@@ -319,18 +341,7 @@ impl Drop for Server {
         if std::thread::panicking() {
             return;
         }
-        if let Some(status) = status {
-            assert!(
-                status.success(),
-                "loam exited with {status} after SIGTERM\nlog:\n{}",
-                self.log()
-            );
-        }
-        assert!(
-            !self.socket.exists(),
-            "loam left its socket {} behind",
-            self.socket.display()
-        );
+        self.assert_clean_exit(status);
         let host = MountTable::read_self().expect("reading the test's own mountinfo");
         let leaked = mounts_under(&host, &self.root);
         assert!(leaked.is_empty(), "mounts leaked to the host: {leaked:?}");
@@ -503,6 +514,14 @@ pub fn topology(node: &str) -> csi::Topology {
     }
 }
 
+/// What external-provisioner asks for with --strict-topology: requisite = preferred = [`segment`].
+pub fn strict_topology(segment: &csi::Topology) -> Option<csi::TopologyRequirement> {
+    Some(csi::TopologyRequirement {
+        requisite: vec![segment.clone()],
+        preferred: vec![segment.clone()],
+    })
+}
+
 pub fn stage_req(id: &str, staging: &Path, cap: csi::VolumeCapability) -> csi::NodeStageVolumeRequest {
     csi::NodeStageVolumeRequest {
         volume_id: id.to_owned(),
@@ -543,6 +562,14 @@ pub fn unpublish_req(id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest
     }
 }
 
+/// A DeleteVolume request for volume `id`.
+pub fn delete_req(id: &str) -> csi::DeleteVolumeRequest {
+    csi::DeleteVolumeRequest {
+        volume_id: id.to_owned(),
+        ..Default::default()
+    }
+}
+
 pub fn stats_req(id: &str, path: &str) -> csi::NodeGetVolumeStatsRequest {
     csi::NodeGetVolumeStatsRequest {
         volume_id: id.to_owned(),
@@ -554,41 +581,130 @@ pub fn stats_req(id: &str, path: &str) -> csi::NodeGetVolumeStatsRequest {
 // ---------------------------------------------------------------------------------------------------------
 // Common flows
 
-/// Creates a volume and returns it.
+/// Creates a volume with [`create_req`] and returns it.
 pub async fn create(ctl: &mut ControllerClient<Channel>, name: &str, size: i64) -> csi::Volume {
-    ok(ctl.create_volume(create_req(name, size)).await)
+    create_with(ctl, create_req(name, size)).await
+}
+
+/// Sends CreateVolume `req`, which must answer OK with a volume, and returns the volume.
+pub async fn create_with(ctl: &mut ControllerClient<Channel>, req: csi::CreateVolumeRequest) -> csi::Volume {
+    ok(ctl.create_volume(req).await)
         .volume
         .expect("CreateVolume returned no volume")
 }
 
-/// Every volume ID ListVolumes reports, following next_token.
-pub async fn list_ids(ctl: &mut ControllerClient<Channel>) -> Vec<String> {
-    let mut ids = Vec::new();
+/// Deletes volume `id`; the answer must be OK.
+pub async fn delete(ctl: &mut ControllerClient<Channel>, id: &str) {
+    ok(ctl.delete_volume(delete_req(id)).await);
+}
+
+/// Volume IDs of each ListVolumes page of `max_entries` (0: no limit), following next_token (up to 10 pages).
+pub async fn list_pages(ctl: &mut ControllerClient<Channel>, max_entries: i32) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
     let mut token = String::new();
     loop {
         let page = ok(ctl
             .list_volumes(csi::ListVolumesRequest {
-                max_entries: 0,
+                max_entries,
                 starting_token: token.clone(),
             })
             .await);
-        ids.extend(
+        pages.push(
             page.entries
                 .into_iter()
-                .filter_map(|e| e.volume)
-                .map(|v| v.volume_id),
+                .map(|e| e.volume.expect("ListVolumes entry without volume").volume_id)
+                .collect(),
         );
         if page.next_token.is_empty() {
-            return ids;
+            return pages;
         }
         token = page.next_token;
+        assert!(pages.len() < 10, "pagination does not end");
     }
+}
+
+/// Every volume ID ListVolumes reports, following next_token.
+pub async fn list_ids(ctl: &mut ControllerClient<Channel>) -> Vec<String> {
+    list_pages(ctl, 0).await.concat()
 }
 
 /// GetCapacity for the default pool, no topology: (available, maximum volume size).
 pub async fn capacity(ctl: &mut ControllerClient<Channel>) -> (i64, Option<i64>) {
     let r = ok(ctl.get_capacity(csi::GetCapacityRequest::default()).await);
     (r.available_capacity, r.maximum_volume_size)
+}
+
+/// NodeStage of volume `id` at `staging`, then NodePublish read-write at `target`, both with `cap` and OK.
+pub async fn stage_and_publish(
+    node: &mut NodeClient<Channel>,
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    cap: csi::VolumeCapability,
+) {
+    ok(node.node_stage_volume(stage_req(id, staging, cap.clone())).await);
+    ok(node
+        .node_publish_volume(publish_req(id, staging, target, cap, false))
+        .await);
+}
+
+/// NodeUnpublish of volume `id` from `target`, then NodeUnstage from `staging`; both must answer OK.
+pub async fn unpublish_and_unstage(node: &mut NodeClient<Channel>, id: &str, staging: &Path, target: &Path) {
+    ok(node.node_unpublish_volume(unpublish_req(id, target)).await);
+    ok(node.node_unstage_volume(unstage_req(id, staging)).await);
+}
+
+/// The plugin's service types (GetPluginCapabilities), sorted; anything but a known service type fails.
+pub async fn plugin_caps(identity: &mut IdentityClient<Channel>) -> Vec<plugin_capability::service::Type> {
+    let caps = ok(identity
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await);
+    known_types("plugin", &caps.capabilities, |c| match &c.r#type {
+        Some(plugin_capability::Type::Service(s)) => Some(s.r#type),
+        _ => None,
+    })
+}
+
+/// The controller's RPC types (ControllerGetCapabilities), sorted; anything but a known RPC type fails.
+pub async fn controller_caps(
+    ctl: &mut ControllerClient<Channel>,
+) -> Vec<controller_service_capability::rpc::Type> {
+    let caps = ok(ctl
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await);
+    known_types("controller", &caps.capabilities, |c| match &c.r#type {
+        Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
+        _ => None,
+    })
+}
+
+/// The node's RPC types (NodeGetCapabilities), sorted; anything but a known RPC type fails.
+pub async fn node_caps(node: &mut NodeClient<Channel>) -> Vec<node_service_capability::rpc::Type> {
+    let caps = ok(node
+        .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+        .await);
+    known_types("node", &caps.capabilities, |c| match &c.r#type {
+        Some(node_service_capability::Type::Rpc(r)) => Some(r.r#type),
+        _ => None,
+    })
+}
+
+/// Sorted types of `caps` by `raw` (type number, `None`: other kind); other kinds, unknown and UNKNOWN fail.
+fn known_types<C: Debug, T: TryFrom<i32> + Ord>(
+    kind: &str,
+    caps: &[C],
+    raw: impl Fn(&C) -> Option<i32>,
+) -> Vec<T> {
+    let mut types: Vec<T> = caps
+        .iter()
+        .map(|c| {
+            let n = raw(c).unwrap_or_else(|| panic!("unexpected {kind} capability {c:?}"));
+            assert_ne!(n, 0, "{kind} capability of type UNKNOWN");
+            T::try_from(n).unwrap_or_else(|_| panic!("unknown {kind} capability type {n}"))
+        })
+        .collect();
+    types.sort();
+    types
 }
 
 /// The (bytes, inodes) rows of NodeGetVolumeStats.

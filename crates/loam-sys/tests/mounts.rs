@@ -25,13 +25,14 @@ impl Drop for Mounted {
     }
 }
 
-/// Checks for root and enters a private mount namespace; `false` = skip.
-fn setup(test: &str) -> bool {
+/// Checks for root, enters a private mount namespace and makes a temporary
+/// directory (see [`tempdir`]); `None` = skip.
+fn setup(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
     if !require_root(test) {
-        return false;
+        return None;
     }
     enter_private_mount_namespace().expect("entering a private mount namespace");
-    true
+    Some(tempdir())
 }
 
 /// A temporary directory by its canonical path, as the mount table shows it.
@@ -41,16 +42,33 @@ fn tempdir() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Creates the directory `base/name` and returns its path.
+fn mkdir(base: &Path, name: &str) -> PathBuf {
+    let dir = base.join(name);
+    fs::create_dir(&dir).unwrap();
+    dir
+}
+
+/// Creates `base/outside` holding a file `canary` ("alive") and returns it.
+fn outside_with_canary(base: &Path) -> PathBuf {
+    let outside = mkdir(base, "outside");
+    fs::write(outside.join("canary"), b"alive").unwrap();
+    outside
+}
+
+/// Asserts that `dir/canary` still reads "alive".
+#[track_caller]
+fn assert_canary(dir: &Path) {
+    assert_eq!(fs::read(dir.join("canary")).unwrap(), b"alive");
+}
+
 #[test]
 fn bind_shows_in_mount_table_and_unmount_removes_it() {
-    if !setup("bind_shows_in_mount_table_and_unmount_removes_it") {
+    let Some((_dir, base)) = setup("bind_shows_in_mount_table_and_unmount_removes_it") else {
         return;
-    }
-    let (_dir, base) = tempdir();
-    let src = base.join("src");
-    let target = base.join("target");
-    fs::create_dir(&src).unwrap();
-    fs::create_dir(&target).unwrap();
+    };
+    let src = mkdir(&base, "src");
+    let target = mkdir(&base, "target");
     fs::write(src.join("f"), b"hello").unwrap();
 
     let before = MountTable::read_self().unwrap();
@@ -98,14 +116,11 @@ fn bind_shows_in_mount_table_and_unmount_removes_it() {
 
 #[test]
 fn read_only_bind_rejects_writes_and_keeps_source_flags() {
-    if !setup("read_only_bind_rejects_writes_and_keeps_source_flags") {
+    let Some((_dir, base)) = setup("read_only_bind_rejects_writes_and_keeps_source_flags") else {
         return;
-    }
-    let (_dir, base) = tempdir();
-    let fs_dir = base.join("fs");
-    let target = base.join("target");
-    fs::create_dir(&fs_dir).unwrap();
-    fs::create_dir(&target).unwrap();
+    };
+    let fs_dir = mkdir(&base, "fs");
+    let target = mkdir(&base, "target");
     // A source mount with nosuid,nodev,noexec, which the read-only bind must
     // keep.
     mount(
@@ -117,8 +132,7 @@ fn read_only_bind_rejects_writes_and_keeps_source_flags() {
     )
     .unwrap();
     let _fs_guard = Mounted(fs_dir.clone());
-    let src = fs_dir.join("vol");
-    fs::create_dir(&src).unwrap();
+    let src = mkdir(&fs_dir, "vol");
     fs::write(src.join("f"), b"data").unwrap();
 
     bind(&src, &target, true).unwrap();
@@ -145,12 +159,10 @@ fn read_only_bind_rejects_writes_and_keeps_source_flags() {
 
 #[test]
 fn bind_errors_name_both_paths() {
-    if !setup("bind_errors_name_both_paths") {
+    let Some((_dir, base)) = setup("bind_errors_name_both_paths") else {
         return;
-    }
-    let (_dir, base) = tempdir();
-    let target = base.join("target");
-    fs::create_dir(&target).unwrap();
+    };
+    let target = mkdir(&base, "target");
     let err = bind(&base.join("missing"), &target, true).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let msg = err.to_string();
@@ -167,10 +179,8 @@ fn private_namespace_does_not_leak_to_other_threads() {
         return;
     }
     let (_dir, base) = tempdir();
-    let src = base.join("src");
-    let target = base.join("target");
-    fs::create_dir(&src).unwrap();
-    fs::create_dir(&target).unwrap();
+    let src = mkdir(&base, "src");
+    let target = mkdir(&base, "target");
 
     let (t, s) = (target.clone(), src.clone());
     let (mounted_tx, mounted_rx) = std::sync::mpsc::channel();
@@ -195,13 +205,10 @@ fn private_namespace_does_not_leak_to_other_threads() {
 
 #[test]
 fn remove_tree_beneath_stops_at_a_bind_mount() {
-    if !setup("remove_tree_beneath_stops_at_a_bind_mount") {
+    let Some((_dir, base)) = setup("remove_tree_beneath_stops_at_a_bind_mount") else {
         return;
-    }
-    let (_dir, base) = tempdir();
-    let outside = base.join("outside");
-    fs::create_dir(&outside).unwrap();
-    fs::write(outside.join("canary"), b"alive").unwrap();
+    };
+    let outside = outside_with_canary(&base);
 
     let vol = base.join("volumes/vol");
     let mnt = vol.join("a/b/mnt");
@@ -221,30 +228,26 @@ fn remove_tree_beneath_stops_at_a_bind_mount() {
         err.to_string(),
         format!("refusing to delete across a mount point at {}", mnt.display())
     );
-    assert_eq!(fs::read(outside.join("canary")).unwrap(), b"alive");
-    assert_eq!(fs::read(mnt.join("canary")).unwrap(), b"alive");
+    assert_canary(&outside);
+    assert_canary(&mnt);
     assert!(vol.exists());
 
     // Once unmounted, the removal completes.
     drop(guard);
     remove_tree_beneath(&base.join("volumes"), "vol").unwrap();
     assert!(!vol.exists());
-    assert_eq!(fs::read(outside.join("canary")).unwrap(), b"alive");
+    assert_canary(&outside);
 }
 
 #[test]
 fn remove_tree_beneath_refuses_a_mounted_top_and_bound_files() {
-    if !setup("remove_tree_beneath_refuses_a_mounted_top_and_bound_files") {
+    let Some((_dir, base)) = setup("remove_tree_beneath_refuses_a_mounted_top_and_bound_files") else {
         return;
-    }
-    let (_dir, base) = tempdir();
-    let outside = base.join("outside");
-    fs::create_dir(&outside).unwrap();
-    fs::write(outside.join("canary"), b"alive").unwrap();
+    };
+    let outside = outside_with_canary(&base);
 
     // The volume directory itself is a mount point.
-    let vol = base.join("vol");
-    fs::create_dir(&vol).unwrap();
+    let vol = mkdir(&base, "vol");
     bind(&outside, &vol, false).unwrap();
     let guard = Mounted(vol.clone());
     let err = remove_tree_beneath(&base, "vol").unwrap_err();
@@ -254,7 +257,7 @@ fn remove_tree_beneath_refuses_a_mounted_top_and_bound_files() {
             .contains("refusing to delete across a mount point"),
         "{err}"
     );
-    assert_eq!(fs::read(outside.join("canary")).unwrap(), b"alive");
+    assert_canary(&outside);
     drop(guard);
 
     // A file bind-mounted inside the tree cannot be unlinked.
@@ -264,8 +267,8 @@ fn remove_tree_beneath_refuses_a_mounted_top_and_bound_files() {
     let err = remove_tree_beneath(&base, "vol").unwrap_err();
     assert_eq!(loam_sys::os_error(&err), Some(libc::EBUSY), "{err}");
     assert!(err.to_string().contains("target-file"), "{err}");
-    assert_eq!(fs::read(outside.join("canary")).unwrap(), b"alive");
+    assert_canary(&outside);
     drop(guard);
     remove_tree_beneath(&base, "vol").unwrap();
-    assert_eq!(fs::read(outside.join("canary")).unwrap(), b"alive");
+    assert_canary(&outside);
 }
