@@ -113,6 +113,8 @@ impl Engine {
     /// unreadable records quarantined (that volume only) and backings without a record reported.
     fn recover(&self, pool: &Pool) -> Result<()> {
         let loaded = pool.store.load_all(&pool.name)?;
+        // Backings accounted for by a record, good or not.
+        let mut known = std::collections::HashSet::new();
         for (stem, reason) in loaded.corrupt {
             warn!(pool = %pool.name, record = %stem, %reason, "quarantining volume with an unusable record");
             let id = match uuid::Uuid::parse_str(&stem) {
@@ -125,8 +127,8 @@ impl Engine {
                 Err(_) => format!("{}_{}_{stem}", self.node_tag, pool.name),
             };
             pool.quarantine(id, reason);
+            known.insert(stem);
         }
-        let mut known = std::collections::HashSet::new();
         for rec in loaded.records {
             let vid = rec.volume_id()?;
             match rec.state {
@@ -139,8 +141,19 @@ impl Engine {
                 }
                 VolumeState::Creating | VolumeState::Deleting => {
                     info!(volume.id = %rec.id, state = ?rec.state, "finishing an interrupted operation by removing the volume");
-                    pool.backend.destroy(&vid.file_stem())?;
-                    pool.store.remove(&vid)?;
+                    let removed = pool
+                        .backend
+                        .destroy(&vid.file_stem())
+                        .and_then(|()| pool.store.remove(&vid));
+                    if let Err(e) = removed {
+                        // Held back, not fatal: one volume that cannot be cleaned up must not stop the node.
+                        warn!(volume.id = %rec.id, error = %e, "cannot finish removing the volume; quarantined");
+                        known.insert(vid.file_stem());
+                        pool.quarantine(
+                            rec.id.clone(),
+                            format!("an interrupted {:?} could not be finished: {e}", rec.state),
+                        );
+                    }
                 }
             }
         }

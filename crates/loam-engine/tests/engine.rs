@@ -348,3 +348,45 @@ fn capacity_never_promises_more_than_the_filesystem_has_free() {
     e.delete_volume(&v.id).unwrap();
     rustix::mount::unmount(&small, rustix::mount::UnmountFlags::empty()).unwrap();
 }
+
+#[test]
+fn a_volume_whose_interrupted_delete_cannot_finish_is_quarantined_not_fatal() {
+    if !loam_sys::testutil::require_root(
+        "a_volume_whose_interrupted_delete_cannot_finish_is_quarantined_not_fatal",
+    ) {
+        return;
+    }
+    loam_sys::testutil::enter_private_mount_namespace().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let e = Engine::open(config(&root, 100 * MIB)).unwrap();
+    let stuck = e.create_volume(&req("stuck", MIB)).unwrap();
+    let fine = e.create_volume(&req("fine", MIB)).unwrap();
+    drop(e);
+    // Something is mounted inside the volume, which deletion never crosses; and a crash left it "deleting".
+    let vol_dir = root
+        .join("pools/default/volumes")
+        .join(VolumeId::parse(&stuck.id).unwrap().file_stem());
+    let inner = vol_dir.join("mnt");
+    std::fs::create_dir(&inner).unwrap();
+    let elsewhere = root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("keep"), b"k").unwrap();
+    rustix::mount::mount_bind(&elsewhere, &inner).unwrap();
+    let rec_path = root.join("pools/default/records").join(format!(
+        "{}.json",
+        VolumeId::parse(&stuck.id).unwrap().file_stem()
+    ));
+    let mut r: VolumeRecord = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    r.state = VolumeState::Deleting;
+    std::fs::write(&rec_path, serde_json::to_vec(&r).unwrap()).unwrap();
+
+    let e = Engine::open(config(&root, 100 * MIB)).expect("one stuck volume must not stop the node");
+    match e.get_volume(&stuck.id) {
+        Err(Error::Quarantined { reason, .. }) => assert!(reason.contains("mount"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(e.get_volume(&fine.id).is_ok());
+    assert_eq!(std::fs::read(elsewhere.join("keep")).unwrap(), b"k");
+    rustix::mount::unmount(&inner, rustix::mount::UnmountFlags::empty()).unwrap();
+}
