@@ -163,7 +163,7 @@ impl Engine {
             }
         }
         info!(pool = %pool.name, kind = pool.backend.kind(), volumes = pool.len(), total_bytes = pool.total_bytes,
-              reserved_bytes = pool.reserved(), size_enforced = pool.enforced, "pool ready");
+              reserved_bytes = pool.reserved(), size_enforced = pool.backend.enforces_size(), "pool ready");
         Ok(())
     }
 

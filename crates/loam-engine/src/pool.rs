@@ -57,8 +57,6 @@ pub struct Pool {
     pub kind: PoolKind,
     pub root: PathBuf,
     pub total_bytes: u64,
-    /// True when the pool's filesystem enforces volume sizes; false when sizes are only accounted.
-    pub enforced: bool,
     pub backend: Box<dyn Backend>,
     pub store: RecordStore,
     state: Mutex<State>,
@@ -107,7 +105,6 @@ impl Pool {
             kind: cfg.kind,
             root,
             total_bytes,
-            enforced: false,
             backend,
             store: RecordStore::new(records),
             state: Mutex::new(State::default()),

@@ -23,6 +23,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
         1
     }
 
+    /// Whether the filesystem stops a volume at its size; otherwise sizes are only accounted.
+    fn enforces_size(&self) -> bool {
+        false
+    }
+
     /// Why this kind cannot serve `cap`, if it cannot.
     fn unsupported(&self, cap: &Capability) -> Option<String>;
 
