@@ -17,11 +17,18 @@ pub fn require_root(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
-    if strict() {
-        panic!("strict mode: {test} needs root but is running as a non-root user");
-    }
-    eprintln!("SKIP: {test}: needs root");
+    skip(test, "needs root");
     false
+}
+
+/// Reports a skipped test on stderr, past the test harness's output capture so the reason shows in a normal
+/// `cargo test` run; with `LOAM_STRICT=1` it panics instead.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    if strict() {
+        panic!("strict mode: {test} cannot be skipped ({why})");
+    }
+    let _ = writeln!(io::stderr(), "SKIP: {test}: {why}");
 }
 
 fn strict() -> bool {
