@@ -89,9 +89,12 @@ pub fn node_tag(node_id: &str) -> String {
     if is_node_tag(node_id) && !looks_hashed(node_id) {
         return node_id.to_owned();
     }
-    let digest = Sha256::digest(node_id.as_bytes());
-    let hex: String = digest.iter().take(10).map(|b| format!("{b:02x}")).collect();
-    format!("h{hex}")
+    format!("h{}", &sha256_hex(node_id.as_bytes())[..20])
+}
+
+/// SHA-256 of `data` as 64 lowercase hex digits: a name derived from untrusted bytes that can never be a path.
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A real node named like a hash tag is hashed too, so two nodes can never share a tag by accident.

@@ -30,11 +30,6 @@ fn list(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-/// Whether `p` is a directory itself, not a symlink to one.
-fn is_dir_no_follow(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-}
-
 /// Splits an absolute, normalized path into its parent and last component.
 fn split(path: &Path) -> Result<(&Path, &str)> {
     match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
@@ -117,7 +112,7 @@ impl Engine {
         let _guard = self.lock(&vid)?;
         Self::check_capability(&pool, &req.capability)?;
         let staging = &req.staging_path;
-        if !is_dir_no_follow(staging) {
+        if !loam_sys::fs::is_dir_no_follow(staging) {
             return Err(Error::Precondition(format!(
                 "staging path {} is not an existing directory; the CO creates it before NodeStageVolume",
                 staging.display()
@@ -247,7 +242,7 @@ impl Engine {
             }
         }
         let (parent, name) = split(target)?;
-        if !is_dir_no_follow(parent) {
+        if !loam_sys::fs::is_dir_no_follow(parent) {
             return Err(Error::Precondition(format!(
                 "the parent of target path {} is not an existing directory; the CO creates it",
                 target.display()

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use loam_sys::mountinfo::MountTable;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::{
     error::{IoContext, Result},
+    id::sha256_hex,
     types::Capability,
 };
 
@@ -37,9 +37,7 @@ impl Notes {
 
     /// Paths are hashed into file names, so no request string ever becomes a path here.
     fn file_name(path: &Path) -> String {
-        let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{hex}.json")
+        format!("{}.json", sha256_hex(path.as_os_str().as_encoded_bytes()))
     }
 
     pub fn get(&self, path: &Path) -> Option<MountNote> {

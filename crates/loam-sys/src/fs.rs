@@ -49,6 +49,11 @@ const MAX_DEPTH: usize = 4096;
 /// so a deep tree cannot exhaust `RLIMIT_NOFILE` (often 1024).
 const KEEP_FDS: usize = 64;
 
+/// Whether `path` is a directory itself, not a symlink to one.
+pub fn is_dir_no_follow(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
 /// Whether `name` can be used as exactly one path component: non-empty, at
 /// most 255 bytes, not `.` or `..`, without `/` or NUL.
 pub fn is_single_component(name: &str) -> bool {

@@ -1,7 +1,7 @@
 //! `dir` pools: a volume is a directory in the pool. Sizes are accounted by the engine; on filesystems with
 //! project quota they are also enforced (not on this layer yet: accounted only, and said so at start-up).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{Backend, Usage};
 use crate::{
@@ -69,7 +69,7 @@ impl Backend for DirBackend {
     }
 
     fn exists(&self, stem: &str) -> bool {
-        is_real_dir(&self.volumes.join(stem))
+        loam_sys::fs::is_dir_no_follow(&self.volumes.join(stem))
     }
 
     fn usage(&self, stem: &str) -> Result<Usage> {
@@ -93,7 +93,7 @@ impl Backend for DirBackend {
     }
 
     fn health(&self) -> Option<String> {
-        if !is_real_dir(&self.volumes) {
+        if !loam_sys::fs::is_dir_no_follow(&self.volumes) {
             return Some(format!("{} is not a directory", self.volumes.display()));
         }
         rustix::fs::access(
@@ -103,8 +103,4 @@ impl Backend for DirBackend {
         .err()
         .map(|e| format!("{} is not writable: {e}", self.volumes.display()))
     }
-}
-
-fn is_real_dir(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir())
 }
