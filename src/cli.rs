@@ -4,10 +4,8 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use loam_engine::{
-    Engine, EngineConfig,
-    pool::{PoolConfig, PoolKind},
-};
+pub use loam_engine::spec::parse_size;
+use loam_engine::{Engine, EngineConfig, spec::PoolSpec};
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 
@@ -67,32 +65,6 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "LOAM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-}
-
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 10Gi or 500G"))?;
-    let mult: u64 = match unit {
-        "" => 1,
-        "K" | "k" => 1000,
-        "M" => 1000u64.pow(2),
-        "G" => 1000u64.pow(3),
-        "T" => 1000u64.pow(4),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "unknown size unit {unit:?} in {s:?}; use K, M, G, T, Ki, Mi, Gi or Ti"
-            ));
-        }
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `KEY=VALUE`; the value may be empty, the key may not.
@@ -185,12 +157,10 @@ pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
             FileConfig::load(path)?.for_node(&node_id)?
         }
         None => NodePools {
-            pools: vec![PoolConfig {
-                name: DEFAULT_POOL.to_owned(),
-                kind: PoolKind::Dir,
-                path: data_dir.join("pools").join(DEFAULT_POOL),
-                capacity_bytes: args.capacity,
-            }],
+            pools: vec![
+                PoolSpec::dir(DEFAULT_POOL, data_dir.join("pools").join(DEFAULT_POOL))
+                    .with_capacity(args.capacity),
+            ],
             default_pool: DEFAULT_POOL.to_owned(),
         },
     };
@@ -202,6 +172,7 @@ pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
         default_pool,
         max_volumes_per_node: args.max_volumes_per_node,
         state_dir: data_dir.join("node"),
+        host: std::sync::Arc::new(loam_sys::host::RealHost),
     })
 }
 
@@ -211,6 +182,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bail!("--topology cannot set {TOPOLOGY_NODE_KEY}; it is always this node");
     }
     let socket = endpoint::socket_path(&args.endpoint)?;
+    // Before anything is created or opened: a start that fails here leaves nothing behind.
+    endpoint::check(&socket)?;
     let cfg = engine_config(&args)?;
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg))
         .await
@@ -290,17 +263,6 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10").unwrap(), 10);
-        assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
-        assert_eq!(parse_size("5G").unwrap(), 5_000_000_000);
-        assert!(parse_size("1.5Gi").is_err());
-        assert!(parse_size("Gi").is_err());
-        assert!(parse_size("1Pi").is_err());
-        assert!(parse_size("99999999999Ti").is_err());
-    }
 
     #[test]
     fn key_values() {

@@ -5,9 +5,10 @@
 //! default_pool = "nvme"
 //! [[pools]]
 //! name = "nvme"
-//! kind = "dir"
+//! kind = "image"            # dir | image
 //! path = "/mnt/nvme0/loam"
 //! capacity = "800Gi"        # optional; default: the size of the filesystem holding the pool
+//! allocation = "thick"      # image pools: thick (default) or thin
 //!
 //! [[nodes]]                  # nodes listed here use these pools instead
 //! names = ["db-7"]
@@ -18,39 +19,20 @@
 //! path = "/mnt/nvme1/loam"
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use loam_engine::pool::{PoolConfig, PoolKind};
+use loam_engine::spec::PoolSpec;
 use serde::Deserialize;
-
-use crate::cli::parse_size;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub default_pool: Option<String>,
     #[serde(default)]
-    pub pools: Vec<PoolEntry>,
+    pub pools: Vec<PoolSpec>,
     #[serde(default)]
     pub nodes: Vec<NodeOverride>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolEntry {
-    pub name: String,
-    pub kind: PoolKind,
-    pub path: PathBuf,
-    /// Bytes as a number or a string with a unit (`"500Gi"`).
-    pub capacity: Option<Size>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Size {
-    Bytes(u64),
-    Text(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,13 +40,13 @@ pub enum Size {
 pub struct NodeOverride {
     pub names: Vec<String>,
     pub default_pool: Option<String>,
-    pub pools: Vec<PoolEntry>,
+    pub pools: Vec<PoolSpec>,
 }
 
 /// The pools and default pool for `node`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodePools {
-    pub pools: Vec<PoolConfig>,
+    pub pools: Vec<PoolSpec>,
     pub default_pool: String,
 }
 
@@ -83,39 +65,23 @@ impl FileConfig {
         if entries.is_empty() {
             bail!("no pools are configured for node {node}");
         }
-        let pools = entries
-            .iter()
-            .map(PoolEntry::to_pool)
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        for p in entries {
+            p.check().map_err(anyhow::Error::msg)?;
+        }
+        let pools = entries.clone();
         let default_pool = match default {
             Some(d) => d.clone(),
-            None if pools.len() == 1 => pools[0].name.clone(),
+            None if pools.len() == 1 => pools[0].name().to_owned(),
             None => bail!("several pools are configured for node {node}; set default_pool"),
         };
         Ok(NodePools { pools, default_pool })
     }
 }
 
-impl PoolEntry {
-    fn to_pool(&self) -> anyhow::Result<PoolConfig> {
-        let capacity_bytes = match &self.capacity {
-            None => None,
-            Some(Size::Bytes(b)) => Some(*b),
-            Some(Size::Text(t)) => {
-                Some(parse_size(t).map_err(|e| anyhow::anyhow!("pool {}: capacity: {e}", self.name))?)
-            }
-        };
-        Ok(PoolConfig {
-            name: self.name.clone(),
-            kind: self.kind,
-            path: self.path.clone(),
-            capacity_bytes,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     const SAMPLE: &str = r#"
@@ -145,11 +111,11 @@ path = "/mnt/c"
         let n = c.for_node("any").unwrap();
         assert_eq!(n.default_pool, "fast");
         assert_eq!(n.pools.len(), 2);
-        assert_eq!(n.pools[0].capacity_bytes, Some(10 << 30));
-        assert_eq!(n.pools[1].capacity_bytes, Some(1000));
+        assert_eq!(n.pools[0].capacity(), Some(10 << 30));
+        assert_eq!(n.pools[1].capacity(), Some(1000));
         let s = c.for_node("special").unwrap();
         assert_eq!(s.pools.len(), 1);
-        assert_eq!(s.pools[0].path, PathBuf::from("/mnt/c"));
+        assert_eq!(s.pools[0].path(), PathBuf::from("/mnt/c"));
         assert_eq!(s.default_pool, "fast");
     }
 
@@ -157,9 +123,18 @@ path = "/mnt/c"
     fn mistakes_are_reported() {
         assert!(toml::from_str::<FileConfig>("poools = []").is_err());
         assert!(toml::from_str::<FileConfig>("[[pools]]\nname='a'\nkind='lvm'\npath='/x'").is_err());
-        let c: FileConfig =
-            toml::from_str("[[pools]]\nname='a'\nkind='dir'\npath='/x'\ncapacity='1Zi'").unwrap();
-        assert!(c.for_node("n").unwrap_err().to_string().contains("capacity"));
+        let e = toml::from_str::<FileConfig>("[[pools]]\nname='a'\nkind='dir'\npath='/x'\ncapacity='1Zi'")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown size unit"), "{e}");
+        let thick_ratio: FileConfig =
+            toml::from_str("[[pools]]\nname='a'\nkind='image'\npath='/x'\novercommit_ratio=2.0").unwrap();
+        assert!(
+            thick_ratio
+                .for_node("n")
+                .unwrap_err()
+                .to_string()
+                .contains("thin pools only")
+        );
         let two: FileConfig = toml::from_str(
             "[[pools]]\nname='a'\nkind='dir'\npath='/x'\n[[pools]]\nname='b'\nkind='dir'\npath='/y'",
         )

@@ -21,26 +21,33 @@ pub fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// Whether the socket path can be served on, changing nothing: `Ok(true)` when a stale socket is there to
+/// replace, `Ok(false)` when the path is free. A live socket or any other file there is an error.
+pub fn check(path: &Path) -> anyhow::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("{} is in use by a running server; stop it first", path.display());
+            }
+            Ok(true)
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
+    }
+}
+
 /// Binds the socket readable and writable by its owner only. A leftover socket is replaced only when it really
 /// is a socket and nothing answers on it; any other file there is an error, never deleted.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!("{} is in use by a running server; stop it first", path.display());
-            }
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing stale socket {}", path.display()))?;
-        }
-        Ok(_) => bail!(
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+    if check(path)? {
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     // The mode is fixed by the umask at bind time, so the socket is never briefly open to others.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));

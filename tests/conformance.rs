@@ -1239,11 +1239,14 @@ async fn loam_create_volume_path_like_name_stays_in_pool() {
     assert_eq!(names(&srv.volumes_dir()), ids);
     assert_eq!(names(&srv.root), vec!["csi.sock", "data", "loam.log"]);
     assert_eq!(names(&srv.data_dir()), vec!["node", "pools"]);
-    assert_eq!(names(&srv.data_dir().join("node")), vec!["mounts"]);
+    assert_eq!(
+        names(&srv.data_dir().join("node")),
+        vec!["loam.lock", "mounts", "pools"]
+    );
     assert_eq!(names(&srv.data_dir().join("pools")), vec!["default"]);
     assert_eq!(
         names(&srv.data_dir().join("pools/default")),
-        vec!["records", "volumes"]
+        vec!["loam-pool.json", "loam.lock", "records", "volumes"]
     );
 }
 

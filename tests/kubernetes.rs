@@ -161,7 +161,7 @@ async fn provisioner_and_kubelet_sequence() {
         ctl.create_volume(create_req("pvc-no-room", 20 * MIB)).await,
         Code::ResourceExhausted,
     );
-    assert!(st.message().contains("free"), "{}", st.message());
+    assert!(st.message().contains("left to give"), "{}", st.message());
 }
 
 #[tokio::test]
@@ -313,20 +313,37 @@ async fn sigterm_exits_promptly_while_sidecars_stay_connected() {
 }
 
 #[tokio::test]
-async fn probe_fails_with_the_reason_when_a_pool_is_unusable() {
-    // livenessprobe turns a failed Probe into a failing /healthz, so kubelet restarts the container.
+async fn probe_answers_for_the_process_while_a_broken_pool_reports_itself() {
+    // livenessprobe turns a failed Probe into a restart, which never brings a disk back: Probe stays ready, the pool
+    // offers nothing, refuses new volumes with RESOURCE_EXHAUSTED (the provisioner tries another node) and says why
+    // in GetPluginInfo's manifest (`loam client info`).
     let srv = Server::start(NODE, &[]);
     let mut id = srv.identity().await;
+    let mut ctl = srv.controller().await;
     assert_eq!(ok(id.probe(csi::ProbeRequest {}).await).ready, Some(true));
     let volumes = srv.volumes_dir();
     let moved = srv.root.join("volumes-moved");
     std::fs::rename(&volumes, &moved).unwrap();
-    let st = expect_code(id.probe(csi::ProbeRequest {}).await, Code::FailedPrecondition);
+    assert_eq!(ok(id.probe(csi::ProbeRequest {}).await).ready, Some(true));
+    assert_eq!(capacity(&mut ctl).await, (0, Some(0)));
+    let st = expect_code(
+        ctl.create_volume(create_req("pvc-broken", MIB)).await,
+        Code::ResourceExhausted,
+    );
     assert!(
         st.message().contains("pool default") && st.message().contains("volumes"),
         "{}",
         st.message()
     );
+    let info = ok(id.get_plugin_info(csi::GetPluginInfoRequest {}).await);
+    let state = &info.manifest["pool/default"];
+    assert!(state.starts_with("degraded: pool default"), "{state}");
     std::fs::rename(&moved, &volumes).unwrap();
-    assert_eq!(ok(id.probe(csi::ProbeRequest {}).await).ready, Some(true));
+    let info = ok(id.get_plugin_info(csi::GetPluginInfoRequest {}).await);
+    assert!(
+        info.manifest["pool/default"].starts_with("ready: kind dir"),
+        "{:?}",
+        info.manifest
+    );
+    ok(ctl.create_volume(create_req("pvc-after", MIB)).await);
 }

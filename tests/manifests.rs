@@ -397,7 +397,7 @@ fn config_map_is_a_valid_loam_config() {
         .for_node(NODE)
         .unwrap_or_else(|e| panic!("config for {NODE}: {e:#}"));
     assert!(
-        node.pools.iter().any(|p| p.name == node.default_pool),
+        node.pools.iter().any(|p| p.name() == node.default_pool),
         "default pool is declared"
     );
 
@@ -428,7 +428,7 @@ fn config_map_is_a_valid_loam_config() {
     };
     writable_host(data_dir);
     for p in &node.pools {
-        writable_host(p.path.to_str().unwrap());
+        writable_host(p.path().to_str().unwrap());
     }
 
     // Every StorageClass names a pool that exists and no parameter loam refuses.
@@ -442,7 +442,7 @@ fn config_map_is_a_valid_loam_config() {
             );
             if k == loam_engine::engine::PARAM_POOL {
                 assert!(
-                    node.pools.iter().any(|p| p.name == v.as_str().unwrap()),
+                    node.pools.iter().any(|p| p.name() == v.as_str().unwrap()),
                     "StorageClass {name}: pool {v}"
                 );
             }

@@ -93,21 +93,17 @@ impl Node for Driver {
             used: convert::bytes(used),
             unit: unit as i32,
         };
+        let mut rows = vec![usage(
+            volume_usage::Unit::Bytes,
+            st.bytes.total,
+            st.bytes.used,
+            st.bytes.available,
+        )];
+        if let Some(i) = st.inodes {
+            rows.push(usage(volume_usage::Unit::Inodes, i.total, i.used, i.available));
+        }
         Ok(Response::new(csi::NodeGetVolumeStatsResponse {
-            usage: vec![
-                usage(
-                    volume_usage::Unit::Bytes,
-                    st.total_bytes,
-                    st.used_bytes,
-                    st.available_bytes,
-                ),
-                usage(
-                    volume_usage::Unit::Inodes,
-                    st.total_inodes,
-                    st.used_inodes,
-                    st.available_inodes,
-                ),
-            ],
+            usage: rows,
             volume_condition: Some(convert::condition(&st.abnormal)),
         }))
     }

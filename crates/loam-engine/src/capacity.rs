@@ -39,33 +39,74 @@ pub fn choose_size(required: u64, limit: u64, granularity: u64) -> Result<u64> {
     )))
 }
 
-/// What a new volume may take: the unreserved part of the pool, and never more than its filesystem has free
-/// (volumes whose size the filesystem does not hold back take space as they are written, so space that is not
-/// on the disk must not be promised).
-pub fn available(total: u64, reserved: u64, fs_free: u64) -> u64 {
-    total.saturating_sub(reserved).min(fs_free)
+/// What bounds a pool's promises, measured just before they are checked.
+///
+/// The invariant, for every kind: what the pool has promised (`reserved`, every volume's full size, including
+/// creates in flight) plus what it offers never exceeds `ratio` times the smaller of its budget and what its
+/// filesystem can hold for its volumes, which is the free space plus what the volumes have already written.
+/// So space promised to a volume but not yet written is never offered again, whoever else uses the
+/// filesystem; a thin pool may go past the filesystem only by its explicit overcommit ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// Bytes the pool may hand out (configured, or the filesystem's size).
+    pub budget: u64,
+    /// Free bytes on the pool's filesystem now.
+    pub fs_free: u64,
+    /// Bytes the pool's volumes have already written to it (each at most its size).
+    pub written: u64,
+    /// Overcommit ratio (1.0: none).
+    pub ratio: f64,
 }
 
-/// Whether `size` fits a pool of `total` bytes of which `reserved` are taken, on a filesystem with `fs_free`
-/// bytes free.
-pub fn check_fits(pool: &str, size: u64, total: u64, reserved: u64, fs_free: u64) -> Result<()> {
-    if size > total {
-        return Err(Error::OutOfRange(format!(
-            "{size} bytes is more than pool {pool} can ever hold ({total} bytes)"
-        )));
+impl Bounds {
+    fn scaled(&self, bytes: u64) -> u64 {
+        if self.ratio <= 1.0 {
+            return bytes;
+        }
+        // Saturating float-to-int conversion; the ratio is checked to be finite and at most 100.
+        (bytes as f64 * self.ratio) as u64
     }
-    let unreserved = total.saturating_sub(reserved);
-    if size > unreserved {
-        return Err(Error::Exhausted(format!(
-            "pool {pool} has {unreserved} bytes free, {size} requested"
-        )));
+
+    /// The most the pool may ever promise: its budget, times the overcommit ratio.
+    pub fn ceiling(&self) -> u64 {
+        self.scaled(self.budget)
     }
-    if size > fs_free {
-        return Err(Error::Exhausted(format!(
-            "pool {pool}'s filesystem has {fs_free} bytes free, {size} requested"
-        )));
+
+    /// The most the pool may promise now.
+    fn limit(&self) -> u64 {
+        self.scaled(self.budget.min(self.fs_free.saturating_add(self.written)))
     }
-    Ok(())
+
+    /// What a new volume may take now, with `reserved` already promised.
+    pub fn available(&self, reserved: u64) -> u64 {
+        self.limit().saturating_sub(reserved)
+    }
+
+    /// Whether a volume of `size` fits with `reserved` already promised, or why not.
+    pub fn check_fits(&self, pool: &str, size: u64, reserved: u64) -> Result<()> {
+        if size > self.ceiling() {
+            return Err(Error::OutOfRange(format!(
+                "{size} bytes is more than pool {pool} can ever hold ({} bytes)",
+                self.ceiling()
+            )));
+        }
+        let unpromised = self.ceiling().saturating_sub(reserved);
+        if size > unpromised {
+            return Err(Error::Exhausted(format!(
+                "pool {pool} has {unpromised} bytes left to give, {size} requested"
+            )));
+        }
+        let available = self.available(reserved);
+        if size > available {
+            return Err(Error::Exhausted(format!(
+                "pool {pool}'s filesystem has {} bytes free and {} bytes already promised to volumes but not \
+                 yet written, so {available} bytes can be given, {size} requested",
+                self.fs_free,
+                reserved.saturating_sub(self.written),
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Whether an existing volume of `size` satisfies a repeated request for `required`/`limit`.
@@ -99,39 +140,68 @@ mod tests {
         assert_eq!(choose_size(u64::MAX, 0, 4096).unwrap(), u64::MAX);
     }
 
+    fn b(budget: u64, fs_free: u64, written: u64, ratio: f64) -> Bounds {
+        Bounds {
+            budget,
+            fs_free,
+            written,
+            ratio,
+        }
+    }
+
     #[test]
     fn fits() {
-        let big = u64::MAX;
-        assert!(check_fits("p", 10, 100, 90, big).is_ok());
+        let big = u64::MAX / 4;
+        assert!(b(100, big, 0, 1.0).check_fits("p", 10, 90).is_ok());
         assert!(matches!(
-            check_fits("p", 11, 100, 90, big),
+            b(100, big, 0, 1.0).check_fits("p", 11, 90),
             Err(Error::Exhausted(_))
         ));
         assert!(matches!(
-            check_fits("p", 101, 100, 0, big),
+            b(100, big, 0, 1.0).check_fits("p", 101, 0),
             Err(Error::OutOfRange(_))
         ));
         assert!(matches!(
-            check_fits("p", 1, 100, 200, big),
+            b(100, big, 0, 1.0).check_fits("p", 1, 200),
             Err(Error::Exhausted(_))
         ));
         // The disk is fuller than the accounting knows: its free space is the bound.
-        assert!(check_fits("p", 5, 100, 0, 5).is_ok());
-        match check_fits("p", 6, 100, 0, 5) {
+        assert!(b(100, 5, 0, 1.0).check_fits("p", 5, 0).is_ok());
+        match b(100, 5, 0, 1.0).check_fits("p", 6, 0) {
             Err(Error::Exhausted(m)) => assert!(m.contains("filesystem"), "{m}"),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn available_is_the_smaller_bound() {
-        assert_eq!(available(100, 30, 1000), 70);
-        assert_eq!(available(100, 30, 20), 20);
-        assert_eq!(available(100, 200, 1000), 0);
-        for (total, reserved, free) in [(100, 30, 1000), (100, 30, 20), (100, 0, 0), (7, 3, 4)] {
-            let a = available(total, reserved, free);
-            assert!(check_fits("p", a, total, reserved, free).is_ok());
-            assert!(check_fits("p", a + 1, total, reserved, free).is_err());
+    fn promised_but_unwritten_space_is_never_offered_twice() {
+        // 48 free on the filesystem; a 40-byte volume promised and nothing written yet: only 8 may be offered.
+        assert_eq!(b(200, 48, 0, 1.0).available(40), 8);
+        // Once it has written 30 of its 40 bytes, the filesystem has 18 free: still 8.
+        assert_eq!(b(200, 18, 30, 1.0).available(40), 8);
+        // Fully written (thick): 8 free, 8 offered.
+        assert_eq!(b(200, 8, 40, 1.0).available(40), 8);
+        // A thin pool at 1.5 may promise half again as much as the filesystem holds.
+        assert_eq!(b(200, 48, 0, 1.5).available(40), 32);
+        assert_eq!(b(200, 1000, 0, 1.5).ceiling(), 300);
+        assert!(b(200, 1000, 0, 1.5).check_fits("p", 250, 0).is_ok());
+    }
+
+    #[test]
+    fn available_is_the_largest_fit() {
+        for (budget, free, written, reserved, ratio) in [
+            (100, 1000, 0, 30, 1.0),
+            (100, 20, 0, 30, 1.0),
+            (100, 0, 0, 0, 1.0),
+            (7, 4, 3, 3, 1.0),
+            (1000, 100, 50, 120, 2.0),
+        ] {
+            let bounds = b(budget, free, written, ratio);
+            let a = bounds.available(reserved);
+            if a > 0 {
+                assert!(bounds.check_fits("p", a, reserved).is_ok(), "{bounds:?} {a}");
+            }
+            assert!(bounds.check_fits("p", a + 1, reserved).is_err(), "{bounds:?} {a}");
         }
     }
 

@@ -8,18 +8,21 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use loam_sys::mountinfo::MountTable;
+use loam_sys::{host::Host, lockfile::LockFile};
 use tracing::{info, warn};
 
 use crate::{
+    backend::ProvisionSpec,
+    capability::{self, Refusal},
     capacity,
-    error::{Error, Result},
+    error::{Error, IoContext, Result},
     id::{self, VolumeId},
     locks::{LockTable, OpGuard},
     notes::Notes,
-    pool::{Entry, Pool, PoolConfig},
+    pool::{Entry, Pool},
     record::{RECORD_VERSION, VolumeRecord, VolumeState},
-    types::{Capability, CapacityReport, CreateRequest, Segment, Volume},
+    spec::PoolSpec,
+    types::{AccessType, Capability, CapacityReport, CreateRequest, Segment, Volume},
 };
 
 /// StorageClass parameter that picks the pool.
@@ -37,13 +40,31 @@ pub struct EngineConfig {
     pub topology_key: String,
     /// More segments this node reports, such as a zone.
     pub extra_topology: Segment,
-    pub pools: Vec<PoolConfig>,
+    pub pools: Vec<PoolSpec>,
     /// The pool used when a request names none.
     pub default_pool: String,
     pub max_volumes_per_node: u64,
-    /// This node's own state (mount notes), apart from the pools.
+    /// This node's own state (mount notes, pool identities, the server lock), apart from the pools.
     pub state_dir: PathBuf,
+    /// The operating system, or a fake of it.
+    pub host: Arc<dyn Host>,
 }
+
+/// How one pool stands, for logs and `loam client info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub volumes: usize,
+    pub total_bytes: u64,
+    pub reserved_bytes: u64,
+    pub available_bytes: u64,
+    pub size_enforced: bool,
+    pub degraded: Option<String>,
+}
+
+/// The server lock in the state directory.
+pub const SERVER_LOCK_FILE: &str = "loam.lock";
 
 #[derive(Debug)]
 pub struct Engine {
@@ -55,6 +76,8 @@ pub struct Engine {
     max_volumes_per_node: u64,
     locks: LockTable,
     pub(crate) notes: Notes,
+    pub(crate) host: Arc<dyn Host>,
+    _lock: LockFile,
 }
 
 impl Engine {
@@ -66,25 +89,35 @@ impl Engine {
         let node_tag = id::node_tag(&cfg.node_id);
         let mut topology = cfg.extra_topology.clone();
         topology.insert(cfg.topology_key.clone(), node_tag.clone());
-        let mut pools = BTreeMap::new();
-        for pc in &cfg.pools {
-            let pool = Pool::open(pc)?;
-            if pools.contains_key(&pool.name) {
+        let mut names = std::collections::BTreeSet::new();
+        for spec in &cfg.pools {
+            if !names.insert(spec.name()) {
                 return Err(Error::invalid(
                     "pools",
-                    format!("pool {} is declared twice", pool.name),
+                    format!("pool {} is declared twice", spec.name()),
                 ));
             }
-            pools.insert(pool.name.clone(), Arc::new(pool));
         }
-        if !pools.contains_key(&cfg.default_pool) {
+        if !names.contains(cfg.default_pool.as_str()) {
             return Err(Error::invalid(
                 "default pool",
                 format!("{} is not a declared pool", cfg.default_pool),
             ));
         }
+        std::fs::create_dir_all(&cfg.state_dir).ctx(|| format!("creating {}", cfg.state_dir.display()))?;
+        let lock = LockFile::acquire(&cfg.state_dir.join(SERVER_LOCK_FILE)).map_err(|e| {
+            Error::Precondition(format!(
+                "another loam serve uses the data directory holding {}: {e}; stop it first",
+                cfg.state_dir.display()
+            ))
+        })?;
+        let mut pools = BTreeMap::new();
+        for spec in &cfg.pools {
+            let pool = Pool::open(spec, cfg.host.clone(), &cfg.state_dir)?;
+            pools.insert(pool.name.clone(), Arc::new(pool));
+        }
         let notes = Notes::open(cfg.state_dir.join("mounts"))?;
-        match MountTable::read_self() {
+        match cfg.host.mount_table() {
             Ok(table) => {
                 let pruned = notes.prune(&table)?;
                 if pruned > 0 {
@@ -102,9 +135,20 @@ impl Engine {
             max_volumes_per_node: cfg.max_volumes_per_node,
             locks: LockTable::default(),
             notes,
+            host: cfg.host,
+            _lock: lock,
         };
         for pool in engine.pools.values() {
-            engine.recover(pool)?;
+            if let Some(reason) = pool.degraded() {
+                warn!(pool = %pool.name, kind = %pool.kind(), path = %pool.root.display(), %reason,
+                      "pool degraded: it offers no capacity, takes no volumes and refuses to delete its volumes");
+                continue;
+            }
+            if let Err(e) = engine.recover(pool) {
+                // One pool that cannot be read must not stop the node.
+                pool.fail(format!("pool {}: recovery failed: {e}", pool.name));
+                warn!(pool = %pool.name, error = %e, "pool degraded: its records could not be recovered");
+            }
         }
         Ok(engine)
     }
@@ -133,8 +177,8 @@ impl Engine {
             let vid = rec.volume_id()?;
             match rec.state {
                 VolumeState::Ready => {
-                    if !pool.backend.exists(&vid.file_stem()) {
-                        warn!(volume.id = %rec.id, pool = %pool.name, "volume's backing is missing");
+                    if let Some(problem) = pool.backend.check(&vid.file_stem(), rec.capacity_bytes) {
+                        warn!(volume.id = %rec.id, pool = %pool.name, %problem, "volume is abnormal");
                     }
                     known.insert(vid.file_stem());
                     pool.insert_loaded(rec);
@@ -162,9 +206,37 @@ impl Engine {
                 warn!(pool = %pool.name, backing = %stem, "backing has no record; left in place for an operator");
             }
         }
-        info!(pool = %pool.name, kind = pool.backend.kind(), volumes = pool.len(), total_bytes = pool.total_bytes,
-              reserved_bytes = pool.reserved(), size_enforced = pool.backend.enforces_size(), "pool ready");
+        let sizes = if pool.backend.enforces_size() {
+            "sizes enforced"
+        } else {
+            "sizes accounted, not enforced"
+        };
+        info!(pool = %pool.name, kind = %pool.kind(), volumes = pool.len(), total_bytes = pool.total_bytes,
+              reserved_bytes = pool.reserved(), available_bytes = pool.available(),
+              overcommit_ratio = pool.spec.overcommit_ratio(), uuid = pool.uuid.as_deref().unwrap_or(""),
+              "pool ready: {sizes}");
+        if pool.spec.overcommit_ratio() > 1.0 {
+            warn!(pool = %pool.name, ratio = pool.spec.overcommit_ratio(),
+                  "thin pool overcommits: volumes may promise more than its filesystem holds and fail to write when it fills");
+        }
         Ok(())
+    }
+
+    /// How every pool stands now.
+    pub fn pool_status(&self) -> Vec<PoolStatus> {
+        self.pools
+            .values()
+            .map(|p| PoolStatus {
+                name: p.name.clone(),
+                kind: p.kind().name(),
+                volumes: p.len(),
+                total_bytes: p.total_bytes,
+                reserved_bytes: p.reserved(),
+                available_bytes: p.available(),
+                size_enforced: p.backend.enforces_size(),
+                degraded: p.degraded(),
+            })
+            .collect()
     }
 
     pub fn node_id(&self) -> &str {
@@ -183,17 +255,8 @@ impl Engine {
         self.pools.values()
     }
 
-    /// FAILED_PRECONDITION material: the first unusable pool.
-    pub fn probe(&self) -> Result<()> {
-        for pool in self.pools.values() {
-            if let Some(reason) = pool.health() {
-                return Err(Error::PoolUnusable {
-                    pool: pool.name.clone(),
-                    reason,
-                });
-            }
-        }
-        Ok(())
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
     }
 
     /// A segment is served by this node when every key in it is one of ours with our value.
@@ -249,6 +312,12 @@ impl Engine {
         };
         let vid = VolumeId::parse(id).map_err(|_| not_found())?;
         if let Some(pool) = self.pools.get(&vid.pool) {
+            if vid.node_tag == self.node_tag && !pool.is_open() {
+                return Err(Error::PoolUnusable {
+                    pool: pool.name.clone(),
+                    reason: pool.degraded().unwrap_or_default(),
+                });
+            }
             match pool.get(id) {
                 Some(Entry::Ready(rec)) => return Ok((vid, pool.clone(), rec)),
                 Some(Entry::Quarantined(reason)) => {
@@ -271,14 +340,10 @@ impl Engine {
     }
 
     fn to_volume(&self, pool: &Pool, rec: &VolumeRecord) -> Volume {
-        let abnormal = match rec.volume_id() {
-            Ok(vid) if pool.backend.exists(&vid.file_stem()) => None,
-            _ => Some(format!(
-                "the volume's {} backing in pool {} is missing",
-                pool.backend.kind(),
-                pool.name
-            )),
-        };
+        let abnormal = pool.degraded().or_else(|| match rec.volume_id() {
+            Ok(vid) => pool.backend.check(&vid.file_stem(), rec.capacity_bytes),
+            Err(e) => Some(e.to_string()),
+        });
         Volume {
             id: rec.id.clone(),
             name: rec.name.clone(),
@@ -308,13 +373,32 @@ impl Engine {
         }
         let pool = self.pool_for(&req.parameters)?.clone();
         for cap in &req.capabilities {
-            if let Some(why) = pool.backend.unsupported(cap) {
+            if let Some(r) = pool.backend.refusal(cap) {
                 return Err(Error::invalid(
                     "volume_capabilities",
-                    format!("pool {}: {why}", pool.name),
+                    format!("pool {} (kind {}): {}", pool.name, pool.kind(), r.message()),
                 ));
             }
         }
+        let block = req.capabilities.iter().any(|c| c.access == AccessType::Block);
+        if block && req.capabilities.iter().any(|c| c.access != AccessType::Block) {
+            return Err(Error::invalid(
+                "volume_capabilities",
+                "a volume is either a block device or a filesystem: ask for block or for mount access, not both",
+            ));
+        }
+        let mut fs_types: Vec<&str> = req.capabilities.iter().filter_map(capability::fs_type).collect();
+        fs_types.dedup();
+        if fs_types.len() > 1 {
+            return Err(Error::invalid(
+                "volume_capabilities",
+                format!(
+                    "the capabilities ask for different filesystems: {}",
+                    fs_types.join(", ")
+                ),
+            ));
+        }
+        let fs_type = fs_types.first().map(|s| (*s).to_owned());
         let vid = VolumeId::new(&self.node_tag, &pool.name, &req.name);
         let _guard = self.lock(&vid)?;
         let params = Self::own_parameters(&req.parameters);
@@ -349,6 +433,18 @@ impl Engine {
                             rec.capacity_bytes, req.required_bytes, req.limit_bytes
                         )));
                     }
+                    if rec.block != block {
+                        return Err(conflict(format!(
+                            "which was made for {} access",
+                            if rec.block { "block" } else { "mount" }
+                        )));
+                    }
+                    if fs_type.is_some() && rec.fs_type.is_some() && rec.fs_type != fs_type {
+                        return Err(conflict(format!(
+                            "which was made with fs_type {}",
+                            rec.fs_type.as_deref().unwrap_or_default()
+                        )));
+                    }
                     if rec.parameters != params {
                         return Err(conflict(format!(
                             "which was made with parameters {:?}",
@@ -380,7 +476,8 @@ impl Engine {
             pool: pool.name.clone(),
             node: self.node_id.clone(),
             capacity_bytes: size,
-            block: false,
+            block,
+            fs_type: fs_type.clone(),
             parameters: params,
             state: VolumeState::Creating,
             created_unix: SystemTime::now()
@@ -390,7 +487,12 @@ impl Engine {
         let stem = vid.file_stem();
         let made = (|| {
             pool.store.save(&rec)?;
-            pool.backend.provision(&stem, size)?;
+            pool.backend.provision(&ProvisionSpec {
+                stem: &stem,
+                capacity_bytes: size,
+                block,
+                fs_type: fs_type.as_deref(),
+            })?;
             rec.state = VolumeState::Ready;
             pool.store.save(&rec)
         })();
@@ -440,9 +542,46 @@ impl Engine {
         Ok(())
     }
 
+    /// A volume by ID. One in a degraded pool is reported with what its ID tells (size unknown: 0) and the
+    /// pool's reason as an abnormal condition.
     pub fn get_volume(&self, id: &str) -> Result<Volume> {
-        let (_, pool, rec) = self.lookup(id)?;
-        Ok(self.to_volume(&pool, &rec))
+        match self.lookup(id) {
+            Ok((_, pool, rec)) => Ok(self.to_volume(&pool, &rec)),
+            Err(Error::PoolUnusable { pool, reason }) => Ok(Volume {
+                id: id.to_owned(),
+                name: String::new(),
+                pool: pool.clone(),
+                capacity_bytes: 0,
+                context: BTreeMap::from([(CONTEXT_POOL.to_owned(), pool)]),
+                topology: self.topology.clone(),
+                abnormal: Some(format!("{reason}; the volume's data cannot be reached")),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Why `cap` cannot be used with the volume of `rec` in `pool`, if it cannot.
+    pub(crate) fn refusal(pool: &Pool, rec: &VolumeRecord, cap: &Capability) -> Option<Refusal> {
+        if let Some(r) = pool.backend.refusal(cap) {
+            return Some(r);
+        }
+        let is_block = cap.access == AccessType::Block;
+        if rec.block && !is_block {
+            return Some(Refusal::Unsupported(
+                "the volume was created for block access; it holds no filesystem to mount".into(),
+            ));
+        }
+        if !rec.block && is_block {
+            return Some(Refusal::Unsupported(
+                "the volume was created for mount access; block access needs a volume created for it".into(),
+            ));
+        }
+        match (capability::fs_type(cap), rec.fs_type.as_deref()) {
+            (Some(want), Some(made)) if want != made => Some(Refusal::Unsupported(format!(
+                "the volume was created with fs_type {made}, not {want}"
+            ))),
+            _ => None,
+        }
     }
 
     /// `Ok(None)` when every capability is supported, else the reason one is not.
@@ -454,8 +593,8 @@ impl Engine {
     ) -> Result<Option<String>> {
         let (_, pool, rec) = self.lookup(id)?;
         for cap in caps {
-            if let Some(why) = pool.backend.unsupported(cap) {
-                return Ok(Some(why));
+            if let Some(r) = Self::refusal(&pool, &rec, cap) {
+                return Ok(Some(r.message().to_owned()));
             }
         }
         if !params.is_empty() && Self::own_parameters(params) != rec.parameters {
@@ -508,7 +647,7 @@ impl Engine {
         if topology.is_some_and(|seg| !self.segment_is_local(seg)) {
             return Ok(none);
         }
-        if caps.iter().any(|c| pool.backend.unsupported(c).is_some()) {
+        if caps.iter().any(|c| pool.backend.refusal(c).is_some()) {
             return Ok(none);
         }
         let available = pool.available();

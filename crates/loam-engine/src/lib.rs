@@ -3,6 +3,7 @@
 //! No gRPC or protobuf here: the binary translates.
 
 pub mod backend;
+pub mod capability;
 pub mod capacity;
 pub mod engine;
 pub mod error;
@@ -12,7 +13,8 @@ mod node;
 pub mod notes;
 pub mod pool;
 pub mod record;
+pub mod spec;
 pub mod types;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, PoolStatus};
 pub use error::{Error, Result};

@@ -1,26 +1,32 @@
-//! Node-side operations: stage, publish, unpublish, unstage and stats. Every decision comes from the live mount
-//! table, not from remembered state, so repeats add no mount and a restart or reboot loses nothing.
+//! Node-side operations: stage, publish, unpublish, unstage and stats, for the two shapes a backend attaches:
+//! - a directory: staged by a bind mount, published by a bind of the staging mount;
+//! - a block device: for filesystem access formatted once (never reformatted), mounted at the staging path and
+//!   published by a bind of that mount; for block access bind-mounted onto a file in the staging directory and
+//!   onto a file at each target.
+//!
+//! Every decision comes from the live mount table, not from remembered state, so repeats add no mount and a
+//! restart or reboot loses nothing: after a reboot NodeStage attaches and mounts again.
 
 use std::path::{Path, PathBuf};
 
-use loam_sys::mountinfo::{MountSource, MountTable};
-use tracing::info;
+use loam_sys::mountinfo::{MountInfo, MountSource, MountTable};
+use tracing::{info, warn};
 
 use crate::{
+    backend::{Attachment, Device},
+    capability::{self, Refusal},
     engine::Engine,
     error::{Error, IoContext, Result},
     notes::MountNote,
     pool::Pool,
     record::VolumeRecord,
-    types::{Capability, PublishRequest, StageRequest, VolumeStats},
+    types::{AccessType, Capability, PublishRequest, StageRequest, UsageRow, VolumeStats},
 };
 
 /// Mode of a publish target directory we create; the bind mount on top decides what pods see.
 const TARGET_DIR_MODE: u32 = 0o750;
-
-fn mount_table() -> Result<MountTable> {
-    MountTable::read_self().ctx(|| "reading /proc/self/mountinfo".into())
-}
+/// Mode of the files block devices are bind-mounted onto.
+const TARGET_FILE_MODE: u32 = 0o600;
 
 fn list(paths: &[PathBuf]) -> String {
     paths
@@ -39,6 +45,41 @@ fn split(path: &Path) -> Result<(&Path, &str)> {
             format!("{} has no parent directory", path.display()),
         )),
     }
+}
+
+/// What a filesystem on `dev` shows when mounted: the device's root.
+fn fs_source(dev: &Device) -> MountSource {
+    MountSource {
+        major: dev.major,
+        minor: dev.minor,
+        root: PathBuf::from("/"),
+    }
+}
+
+fn source_of(table: &MountTable, path: &Path) -> Result<MountSource> {
+    table.source_of(path).ok_or_else(|| Error::Io {
+        op: format!("finding the mount holding {}", path.display()),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+/// Every way the volume can show in the mount table: its directory; or its device's filesystem and its device
+/// node (bind-mounted raw).
+fn sources(table: &MountTable, att: &Attachment) -> Vec<MountSource> {
+    match att {
+        Attachment::Directory(d) => table.source_of(d).into_iter().collect(),
+        Attachment::Device(dev) => std::iter::once(fs_source(dev))
+            .chain(table.source_of(&dev.path))
+            .collect(),
+    }
+}
+
+fn mounts_showing<'t>(table: &'t MountTable, srcs: &[MountSource]) -> Vec<&'t MountInfo> {
+    table
+        .mounts()
+        .iter()
+        .filter(|m| srcs.iter().any(|s| m.shows(s)))
+        .collect()
 }
 
 /// Whether `path` already shows the volume (`src`) with the wanted read-only setting, so a repeated call has
@@ -75,32 +116,84 @@ fn already_mounted(
     Ok(true)
 }
 
+/// Makes `parent/name` as an empty file to bind a device node onto; an existing regular file is reused.
+fn make_target_file(parent: &Path, name: &str) -> Result<bool> {
+    let path = parent.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => return Ok(false),
+        Ok(_) => {
+            return Err(Error::Precondition(format!(
+                "{} exists and is not a file loam can bind a block device onto",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::Io {
+                op: format!("inspecting {}", path.display()),
+                source: e,
+            });
+        }
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(TARGET_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .ctx(|| format!("creating {}", path.display()))?;
+    Ok(true)
+}
+
+/// Removes what loam made at a target or staging file path: a directory or a file, never anything else.
+fn remove_target(target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io {
+            op: format!("inspecting {}", target.display()),
+            source: e,
+        }),
+        Ok(m) if m.is_dir() => std::fs::remove_dir(target).ctx(|| format!("removing {}", target.display())),
+        Ok(m) if m.is_file() => std::fs::remove_file(target).ctx(|| format!("removing {}", target.display())),
+        Ok(_) => Err(Error::Precondition(format!(
+            "{} is neither a directory nor a file loam created; not removing it",
+            target.display()
+        ))),
+    }
+}
+
+/// Where a block volume's device is bind-mounted inside its staging directory.
+fn staged_device_file(staging: &Path, volume_id: &str) -> PathBuf {
+    staging.join(volume_id)
+}
+
 impl Engine {
-    /// The identity of the volume's data in the mount table (device and directory), from which every mount of it
-    /// can be found.
-    fn source(&self, table: &MountTable, pool: &Pool, rec: &VolumeRecord) -> Result<(PathBuf, MountSource)> {
-        let data = pool.data_path(rec)?;
-        let src = table.source_of(&data).ok_or_else(|| Error::Io {
-            op: format!("finding the mount holding {}", data.display()),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })?;
-        Ok((data, src))
+    fn mount_table(&self) -> Result<MountTable> {
+        self.host
+            .mount_table()
+            .ctx(|| "reading /proc/self/mountinfo".into())
     }
 
     /// Every place the volume is mounted (staging paths and publish targets).
     pub(crate) fn mounts_of(&self, pool: &Pool, rec: &VolumeRecord) -> Result<Vec<PathBuf>> {
-        let table = mount_table()?;
-        let (_, src) = self.source(&table, pool, rec)?;
-        Ok(table
-            .mounts_of(&src)
+        let stem = rec.volume_id()?.file_stem();
+        let Some(att) = pool.backend.attached(&stem)? else {
+            return Ok(vec![]);
+        };
+        let table = self.mount_table()?;
+        Ok(mounts_showing(&table, &sources(&table, &att))
             .into_iter()
             .map(|m| m.mount_point.clone())
             .collect())
     }
 
-    fn check_capability(pool: &Pool, cap: &Capability) -> Result<()> {
-        match pool.backend.unsupported(cap) {
-            Some(why) => Err(Error::Precondition(format!(
+    /// Refuses a capability the volume cannot be used with: an off-list field is INVALID_ARGUMENT, anything the
+    /// volume cannot serve FAILED_PRECONDITION, as the spec asks of the node calls.
+    fn check_capability(pool: &Pool, rec: &VolumeRecord, cap: &Capability) -> Result<()> {
+        match Self::refusal(pool, rec, cap) {
+            Some(Refusal::Invalid(why)) => Err(Error::invalid("volume_capability", why)),
+            Some(Refusal::Unsupported(why)) => Err(Error::Precondition(format!(
                 "capability not supported by this volume: {why}"
             ))),
             None => Ok(()),
@@ -110,7 +203,7 @@ impl Engine {
     pub fn stage(&self, req: &StageRequest) -> Result<()> {
         let (vid, pool, rec) = self.lookup(&req.volume_id)?;
         let _guard = self.lock(&vid)?;
-        Self::check_capability(&pool, &req.capability)?;
+        Self::check_capability(&pool, &rec, &req.capability)?;
         let staging = &req.staging_path;
         if !loam_sys::fs::is_dir_no_follow(staging) {
             return Err(Error::Precondition(format!(
@@ -119,45 +212,187 @@ impl Engine {
             )));
         }
         let read_only = req.capability.mode.is_read_only();
-        let table = mount_table()?;
-        let (data, src) = self.source(&table, &pool, &rec)?;
-        if already_mounted(&table, staging, &src, read_only, &req.volume_id, "staged")? {
-            return self.check_note(staging, &req.volume_id, &req.capability, read_only, "staged");
+        let stem = vid.file_stem();
+        let att = pool.backend.attach(&stem)?;
+        let table = self.mount_table()?;
+        let id = &req.volume_id;
+        let done = match (&att, &req.capability.access) {
+            (Attachment::Directory(dir), AccessType::Mount { .. }) => {
+                let src = source_of(&table, dir)?;
+                if already_mounted(&table, staging, &src, read_only, id, "staged")? {
+                    true
+                } else {
+                    self.host
+                        .bind(dir, staging, read_only)
+                        .ctx(|| format!("staging volume {id}"))?;
+                    false
+                }
+            }
+            (Attachment::Device(dev), AccessType::Mount { .. }) => {
+                if already_mounted(&table, staging, &fs_source(dev), read_only, id, "staged")? {
+                    true
+                } else {
+                    self.format_and_mount(&rec, dev, staging, &req.capability, read_only)
+                        .inspect_err(|_| self.detach_if_unused(&pool, &stem, &att))?;
+                    false
+                }
+            }
+            (Attachment::Device(dev), AccessType::Block) => {
+                let file = staged_device_file(staging, id);
+                let src = source_of(&table, &dev.path)?;
+                if already_mounted(&table, &file, &src, read_only, id, "staged")? {
+                    true
+                } else {
+                    let bound = make_target_file(staging, id).and_then(|_| {
+                        self.host
+                            .bind(&dev.path, &file, read_only)
+                            .ctx(|| format!("staging block volume {id}"))
+                    });
+                    if let Err(e) = bound {
+                        let _ = remove_target(&file);
+                        self.detach_if_unused(&pool, &stem, &att);
+                        return Err(e);
+                    }
+                    false
+                }
+            }
+            (Attachment::Directory(_), AccessType::Block) => {
+                return Err(Error::Precondition(format!(
+                    "volume {id} is a directory and cannot be staged for block access"
+                )));
+            }
+        };
+        if done {
+            return self.check_note(staging, id, &req.capability, read_only, "staged");
         }
-        loam_sys::mount::bind(&data, staging, read_only)
-            .ctx(|| format!("staging volume {}", req.volume_id))?;
         self.notes.put(&MountNote {
-            volume_id: req.volume_id.clone(),
+            volume_id: id.clone(),
             path: staging.clone(),
             capability: req.capability.clone(),
             read_only,
         });
-        info!(volume.id = %req.volume_id, staging.path = %staging.display(), read_only, "volume staged");
+        info!(volume.id = %id, staging.path = %staging.display(), read_only, "volume staged");
         Ok(())
     }
 
+    /// Formats the device if it holds nothing (never when it holds a filesystem), then mounts it at `staging`.
+    fn format_and_mount(
+        &self,
+        rec: &VolumeRecord,
+        dev: &Device,
+        staging: &Path,
+        cap: &Capability,
+        read_only: bool,
+    ) -> Result<()> {
+        let asked = capability::fs_type(cap).or(rec.fs_type.as_deref());
+        let found = self
+            .host
+            .signature(&dev.path)
+            .ctx(|| format!("probing {} for a filesystem", dev.path.display()))?;
+        let fs_type = match (found.as_deref(), asked) {
+            (None, _) => {
+                let fs_type = asked.unwrap_or(capability::FS_TYPES[0]);
+                self.host.mkfs(&dev.path, fs_type).ctx(|| {
+                    format!(
+                        "formatting {} as {fs_type} for volume {}",
+                        dev.path.display(),
+                        rec.id
+                    )
+                })?;
+                info!(volume.id = %rec.id, device = %dev.path.display(), fs_type, "volume formatted");
+                fs_type.to_owned()
+            }
+            (Some(have), Some(want)) if have != want => {
+                return Err(Error::Precondition(format!(
+                    "volume {} holds {have}, not the {want} asked for; loam never reformats a volume",
+                    rec.id
+                )));
+            }
+            (Some(have), _) if capability::FS_TYPES.contains(&have) => have.to_owned(),
+            (Some(have), None) => {
+                return Err(Error::Precondition(format!(
+                    "volume {} holds {have}, which loam does not mount; loam never reformats a volume",
+                    rec.id
+                )));
+            }
+            (Some(have), Some(_)) => have.to_owned(),
+        };
+        self.host
+            .mount(
+                &dev.path,
+                staging,
+                &fs_type,
+                capability::mount_flags(cap),
+                read_only,
+            )
+            .ctx(|| {
+                format!(
+                    "mounting {} ({fs_type}) at {} for volume {}",
+                    dev.path.display(),
+                    staging.display(),
+                    rec.id
+                )
+            })
+    }
+
+    /// Detaches the volume when nothing shows it any more (after a failed stage, or at unstage). Failures are
+    /// logged: a leftover attachment is found again and reused by the next stage.
+    fn detach_if_unused(&self, pool: &Pool, stem: &str, att: &Attachment) {
+        let Attachment::Device(_) = att else {
+            return;
+        };
+        let in_use = self
+            .mount_table()
+            .map(|t| !mounts_showing(&t, &sources(&t, att)).is_empty());
+        match in_use {
+            Ok(false) => {
+                if let Err(e) = pool.backend.detach(stem) {
+                    warn!(pool = %pool.name, volume.stem = %stem, error = %e, "cannot detach the volume");
+                }
+            }
+            Ok(true) => {}
+            Err(e) => warn!(error = %e, "cannot read the mount table; volume left attached"),
+        }
+    }
+
     pub fn unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
-        let (vid, pool, rec) = self.lookup(volume_id)?;
+        let (vid, pool, rec) = match self.lookup(volume_id) {
+            Err(Error::PoolUnusable { pool, reason }) => {
+                return self.unstage_by_note(volume_id, staging, &pool, &reason);
+            }
+            other => other?,
+        };
         let _guard = self.lock(&vid)?;
-        let table = mount_table()?;
-        let (_, src) = self.source(&table, &pool, &rec)?;
-        let mounts = table.mounts_of(&src);
-        if !mounts.iter().any(|m| m.mount_point == staging) {
+        let stem = vid.file_stem();
+        let file = staged_device_file(staging, volume_id);
+        let Some(att) = pool.backend.attached(&stem)? else {
+            // Nothing attached, so nothing of it is mounted: only a leftover device file may remain.
+            if rec.block {
+                remove_target(&file)?;
+            }
             self.notes.remove(staging);
             return Ok(());
-        }
-        let published: Vec<PathBuf> = mounts
+        };
+        let table = self.mount_table()?;
+        let srcs = sources(&table, &att);
+        let mounts = mounts_showing(&table, &srcs);
+        let staged_at = if rec.block { &file } else { staging };
+        let others: Vec<PathBuf> = mounts
             .iter()
-            .filter(|m| m.mount_point != staging)
             .map(|m| m.mount_point.clone())
+            .filter(|p| p != staged_at)
             .collect();
-        if !published.is_empty() {
+        if !others.is_empty() {
             return Err(Error::Precondition(format!(
                 "volume {volume_id} is still published at {}; unpublish it first",
-                list(&published)
+                list(&others)
             )));
         }
-        self.unmount_all(staging, &src, volume_id)?;
+        self.unmount_all(staged_at, &srcs, volume_id)?;
+        if rec.block {
+            remove_target(&file)?;
+        }
+        self.detach_if_unused(&pool, &stem, &att);
         self.notes.remove(staging);
         info!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
         Ok(())
@@ -187,55 +422,125 @@ impl Engine {
     }
 
     /// Unmounts every layer of the volume at `path`, refusing to touch a mount of something else.
-    fn unmount_all(&self, path: &Path, src: &MountSource, volume_id: &str) -> Result<()> {
+    fn unmount_all(&self, path: &Path, srcs: &[MountSource], volume_id: &str) -> Result<()> {
         loop {
-            let table = mount_table()?;
+            let table = self.mount_table()?;
             let Some(top) = table.top_mount_at(path) else {
                 return Ok(());
             };
-            if !top.shows(src) {
+            if !srcs.iter().any(|s| top.shows(s)) {
                 return Err(Error::Precondition(format!(
                     "{} has a mount of something other than volume {volume_id} ({}); not touching it",
                     path.display(),
                     top.source
                 )));
             }
-            loam_sys::mount::unmount(path).ctx(|| format!("unmounting {}", path.display()))?;
+            self.host
+                .unmount(path)
+                .ctx(|| format!("unmounting {}", path.display()))?;
         }
+    }
+
+    /// Unpublish or unstage of a volume whose pool is degraded (its records cannot be read): the mount at
+    /// `path` is taken down only if loam's note says it mounted this volume there.
+    fn unmount_by_note(&self, volume_id: &str, path: &Path, pool: &str, reason: &str) -> Result<()> {
+        let table = self.mount_table()?;
+        if table.is_mount_point(path) {
+            match self.notes.get(path) {
+                Some(n) if n.volume_id == volume_id => {}
+                _ => {
+                    return Err(Error::Precondition(format!(
+                        "{} is mounted, but loam has no note that it mounted volume {volume_id} there, and pool \
+                         {pool} is degraded ({reason}); not touching it",
+                        path.display()
+                    )));
+                }
+            }
+            while self.mount_table()?.is_mount_point(path) {
+                self.host
+                    .unmount(path)
+                    .ctx(|| format!("unmounting {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unstage_by_note(&self, volume_id: &str, staging: &Path, pool: &str, reason: &str) -> Result<()> {
+        let file = staged_device_file(staging, volume_id);
+        if self
+            .notes
+            .get(staging)
+            .is_some_and(|n| n.capability.access == AccessType::Block)
+        {
+            // The device file inside the staging directory carries no note of its own.
+            while self.mount_table()?.is_mount_point(&file) {
+                self.host
+                    .unmount(&file)
+                    .ctx(|| format!("unmounting {}", file.display()))?;
+            }
+            remove_target(&file)?;
+        } else {
+            self.unmount_by_note(volume_id, staging, pool, reason)?;
+        }
+        if let Some(p) = self.pool(pool)
+            && let Ok(vid) = crate::id::VolumeId::parse(volume_id)
+            && let Err(e) = p.backend.detach(&vid.file_stem())
+        {
+            warn!(volume.id = %volume_id, error = %e, "cannot detach the volume of a degraded pool");
+        }
+        self.notes.remove(staging);
+        info!(volume.id = %volume_id, staging.path = %staging.display(), %reason, "volume unstaged from a degraded pool");
+        Ok(())
     }
 
     pub fn publish(&self, req: &PublishRequest) -> Result<()> {
         let (vid, pool, rec) = self.lookup(&req.volume_id)?;
         let _guard = self.lock(&vid)?;
-        Self::check_capability(&pool, &req.capability)?;
+        Self::check_capability(&pool, &rec, &req.capability)?;
+        let id = &req.volume_id;
         let read_only = req.read_only || req.capability.mode.is_read_only();
         let target = &req.target_path;
-        let table = mount_table()?;
-        let (_, src) = self.source(&table, &pool, &rec)?;
-        if !table
-            .top_mount_at(&req.staging_path)
-            .is_some_and(|m| m.shows(&src))
-        {
-            return Err(Error::Precondition(format!(
-                "volume {} is not staged at {}; call NodeStageVolume first",
-                req.volume_id,
+        let not_staged = || {
+            Error::Precondition(format!(
+                "volume {id} is not staged at {}; call NodeStageVolume first",
                 req.staging_path.display()
-            )));
+            ))
+        };
+        let att = pool.backend.attached(&vid.file_stem())?.ok_or_else(not_staged)?;
+        let table = self.mount_table()?;
+        let block = req.capability.access == AccessType::Block;
+        // What the target will show, where it shows staged, and what to bind from.
+        let (src, staged_at, bind_from) = match (&att, block) {
+            (Attachment::Directory(d), false) => (
+                source_of(&table, d)?,
+                req.staging_path.clone(),
+                req.staging_path.clone(),
+            ),
+            (Attachment::Device(dev), false) => {
+                (fs_source(dev), req.staging_path.clone(), req.staging_path.clone())
+            }
+            (Attachment::Device(dev), true) => (
+                source_of(&table, &dev.path)?,
+                staged_device_file(&req.staging_path, id),
+                dev.path.clone(),
+            ),
+            (Attachment::Directory(_), true) => return Err(not_staged()),
+        };
+        if !table.top_mount_at(&staged_at).is_some_and(|m| m.shows(&src)) {
+            return Err(not_staged());
         }
-        if already_mounted(&table, target, &src, read_only, &req.volume_id, "published")? {
-            return self.check_note(target, &req.volume_id, &req.capability, read_only, "published");
+        if already_mounted(&table, target, &src, read_only, id, "published")? {
+            return self.check_note(target, id, &req.capability, read_only, "published");
         }
         if req.capability.mode.is_single_publication() {
-            let others: Vec<PathBuf> = table
-                .mounts_of(&src)
+            let others: Vec<PathBuf> = mounts_showing(&table, &sources(&table, &att))
                 .into_iter()
                 .map(|m| m.mount_point.clone())
-                .filter(|p| p != &req.staging_path && p != target)
+                .filter(|p| p != &staged_at && p != target)
                 .collect();
             if !others.is_empty() {
                 return Err(Error::Precondition(format!(
-                    "volume {} allows one publication ({:?}) and is already published at {}",
-                    req.volume_id,
+                    "volume {id} allows one publication ({:?}) and is already published at {}",
                     req.capability.mode,
                     list(&others)
                 )));
@@ -248,67 +553,62 @@ impl Engine {
                 target.display()
             )));
         }
-        let created = match loam_sys::fs::create_dir_checked(parent, name, TARGET_DIR_MODE) {
-            Ok(created) => created,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Precondition(format!(
-                    "target path {} exists and is not a directory loam can mount on: {e}",
-                    target.display()
-                )));
-            }
-            Err(e) => {
-                return Err(Error::Io {
-                    op: format!("creating target directory {}", target.display()),
-                    source: e,
-                });
+        let created = if block {
+            make_target_file(parent, name)?
+        } else {
+            match loam_sys::fs::create_dir_checked(parent, name, TARGET_DIR_MODE) {
+                Ok(created) => created,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::Precondition(format!(
+                        "target path {} exists and is not a directory loam can mount on: {e}",
+                        target.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: format!("creating target directory {}", target.display()),
+                        source: e,
+                    });
+                }
             }
         };
-        if let Err(e) = loam_sys::mount::bind(&req.staging_path, target, read_only) {
+        if let Err(e) = self.host.bind(&bind_from, target, read_only) {
             if created {
-                let _ = std::fs::remove_dir(target);
+                let _ = remove_target(target);
             }
             return Err(Error::Io {
-                op: format!("publishing volume {}", req.volume_id),
+                op: format!("publishing volume {id}"),
                 source: e,
             });
         }
         self.notes.put(&MountNote {
-            volume_id: req.volume_id.clone(),
+            volume_id: id.clone(),
             path: target.clone(),
             capability: req.capability.clone(),
             read_only,
         });
-        info!(volume.id = %req.volume_id, target.path = %target.display(), read_only, "volume published");
+        info!(volume.id = %id, target.path = %target.display(), read_only, block, "volume published");
         Ok(())
     }
 
     pub fn unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
-        let (vid, pool, rec) = self.lookup(volume_id)?;
+        let (vid, pool, _) = match self.lookup(volume_id) {
+            Err(Error::PoolUnusable { pool, reason }) => {
+                self.unmount_by_note(volume_id, target, &pool, &reason)?;
+                remove_target(target)?;
+                self.notes.remove(target);
+                return Ok(());
+            }
+            other => other?,
+        };
         let _guard = self.lock(&vid)?;
-        let table = mount_table()?;
-        let (_, src) = self.source(&table, &pool, &rec)?;
-        self.unmount_all(target, &src, volume_id)?;
-        match std::fs::symlink_metadata(target) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Io {
-                    op: format!("inspecting {}", target.display()),
-                    source: e,
-                });
-            }
-            Ok(m) if m.is_dir() => {
-                std::fs::remove_dir(target).ctx(|| format!("removing {}", target.display()))?
-            }
-            Ok(m) if m.is_file() => {
-                std::fs::remove_file(target).ctx(|| format!("removing {}", target.display()))?
-            }
-            Ok(_) => {
-                return Err(Error::Precondition(format!(
-                    "{} is neither a directory nor a file loam created; not removing it",
-                    target.display()
-                )));
-            }
-        }
+        let table = self.mount_table()?;
+        let srcs = match pool.backend.attached(&vid.file_stem())? {
+            Some(att) => sources(&table, &att),
+            None => vec![],
+        };
+        self.unmount_all(target, &srcs, volume_id)?;
+        remove_target(target)?;
         self.notes.remove(target);
         info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
         Ok(())
@@ -317,37 +617,95 @@ impl Engine {
     /// Usage of a volume seen at `path`, which must be one of its staging paths or publish targets.
     pub fn stats(&self, volume_id: &str, path: &Path) -> Result<VolumeStats> {
         let (vid, pool, rec) = self.lookup(volume_id)?;
-        let table = mount_table()?;
-        let (data, src) = self.source(&table, &pool, &rec)?;
-        if !table.mounts_of(&src).iter().any(|m| m.mount_point == path) {
+        let stem = vid.file_stem();
+        let att = pool.backend.attached(&stem)?;
+        let table = self.mount_table()?;
+        let shown = att.as_ref().is_some_and(|a| {
+            mounts_showing(&table, &sources(&table, a))
+                .iter()
+                .any(|m| m.mount_point == path)
+        });
+        if !shown {
             return Err(Error::NotAtPath {
                 id: volume_id.to_owned(),
                 path: path.to_owned(),
             });
         }
-        let stem = vid.file_stem();
-        if !pool.backend.exists(&stem) {
+        let abnormal = pool.backend.check(&stem, rec.capacity_bytes);
+        match att.expect("shown implies attached") {
+            Attachment::Directory(dir) => self.directory_stats(&pool, &rec, &stem, &dir, abnormal),
+            Attachment::Device(dev) if rec.block => {
+                let total = self
+                    .host
+                    .device_size(&dev.path)
+                    .ctx(|| format!("measuring {}", dev.path.display()))?;
+                Ok(VolumeStats {
+                    bytes: UsageRow {
+                        total,
+                        ..UsageRow::default()
+                    },
+                    inodes: None,
+                    abnormal,
+                })
+            }
+            Attachment::Device(_) => {
+                let fs = self
+                    .host
+                    .statfs(path)
+                    .ctx(|| format!("statfs {}", path.display()))?;
+                Ok(VolumeStats {
+                    bytes: UsageRow {
+                        total: fs.total_bytes,
+                        used: fs.total_bytes.saturating_sub(fs.free_bytes),
+                        available: fs.available_bytes,
+                    },
+                    inodes: Some(UsageRow {
+                        total: fs.total_inodes,
+                        used: fs.total_inodes.saturating_sub(fs.free_inodes),
+                        available: fs.free_inodes,
+                    }),
+                    abnormal,
+                })
+            }
+        }
+    }
+
+    fn directory_stats(
+        &self,
+        pool: &Pool,
+        rec: &VolumeRecord,
+        stem: &str,
+        dir: &Path,
+        abnormal: Option<String>,
+    ) -> Result<VolumeStats> {
+        let total = rec.capacity_bytes;
+        if let Some(why) = abnormal {
             return Ok(VolumeStats {
-                total_bytes: rec.capacity_bytes,
-                used_bytes: 0,
-                available_bytes: 0,
-                total_inodes: 0,
-                used_inodes: 0,
-                available_inodes: 0,
-                abnormal: Some(format!("the volume's data at {} is gone", data.display())),
+                bytes: UsageRow {
+                    total,
+                    ..UsageRow::default()
+                },
+                inodes: Some(UsageRow::default()),
+                abnormal: Some(why),
             });
         }
-        let usage = pool.backend.usage(&stem)?;
-        let fs = loam_sys::statfs::statfs(&data).ctx(|| format!("statfs {}", data.display()))?;
-        let total = rec.capacity_bytes;
+        let usage = pool.backend.usage(stem)?;
+        let fs = self
+            .host
+            .statfs(dir)
+            .ctx(|| format!("statfs {}", dir.display()))?;
         let over = usage.bytes > total;
         Ok(VolumeStats {
-            total_bytes: total,
-            used_bytes: usage.bytes,
-            available_bytes: total.saturating_sub(usage.bytes).min(fs.available_bytes),
-            total_inodes: usage.inodes + fs.free_inodes,
-            used_inodes: usage.inodes,
-            available_inodes: fs.free_inodes,
+            bytes: UsageRow {
+                total,
+                used: usage.bytes,
+                available: total.saturating_sub(usage.bytes).min(fs.available_bytes),
+            },
+            inodes: Some(UsageRow {
+                total: usage.inodes + fs.free_inodes,
+                used: usage.inodes,
+                available: fs.free_inodes,
+            }),
             abnormal: over.then(|| {
                 format!(
                     "volume uses {} bytes, more than its {total}; pool {} does not enforce sizes",

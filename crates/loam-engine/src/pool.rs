@@ -1,39 +1,44 @@
-//! A pool: one place on this node's disks where volumes live, with its backend, its records and its capacity
-//! accounting. The in-memory state is guarded by one short-held mutex per pool and never held across I/O.
+//! A pool: one place on this node's disks where volumes live, with its backend, its records, its identity and
+//! its capacity accounting. The in-memory state is guarded by one short-held mutex per pool, never held across
+//! I/O.
+//!
+//! A pool proves it is the pool it was: on first use it writes a marker (its name, kind and a generated UUID) at
+//! its root and the node remembers the UUID in its state directory. A root or marker that is missing or
+//! different later (a disk that is not mounted, the wrong disk) is never recreated: the pool is *degraded*,
+//! with the reason, and offers nothing until a restart finds it whole again. A pool that cannot be opened for
+//! any other reason (read-only, unreadable) is degraded too; only a configuration mistake or another server
+//! holding the pool stops start-up.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
+use loam_sys::{host::Host, lockfile::LockFile};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    backend::{Backend, dir::DirBackend},
+    backend::{Backend, dir::DirBackend, image::ImageBackend, volumes_dir},
     capacity,
     error::{Error, IoContext, Result},
     id::is_pool_name,
     record::{RecordStore, VolumeRecord},
+    spec::{PoolKind, PoolSpec},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolKind {
-    Dir,
-}
+/// The marker file at a pool's root.
+pub const MARKER_FILE: &str = "loam-pool.json";
+/// The lock file at a pool's root, held by the serving process.
+pub const LOCK_FILE: &str = "loam.lock";
 
+/// What a pool's marker says, and what the node remembers of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
+pub struct Marker {
     pub name: String,
     pub kind: PoolKind,
-    /// Directory holding the pool (`volumes/` and `records/` are made inside it).
-    pub path: PathBuf,
-    /// Bytes the pool may hand out; default: the size of the filesystem holding it.
-    #[serde(default)]
-    pub capacity_bytes: Option<u64>,
+    pub uuid: String,
 }
 
 /// What the pool knows of a volume.
@@ -54,61 +59,104 @@ struct State {
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
-    pub kind: PoolKind,
+    pub spec: PoolSpec,
+    /// The pool's directory (canonical when it exists).
     pub root: PathBuf,
+    /// Bytes the pool may hand out before overcommit.
     pub total_bytes: u64,
     pub backend: Box<dyn Backend>,
     pub store: RecordStore,
+    /// The marker's UUID, when the pool was identified.
+    pub uuid: Option<String>,
+    host: Arc<dyn Host>,
+    /// Why the pool was found unusable at start-up (or when its records could not be recovered).
+    degraded: Mutex<Option<String>>,
+    _lock: Option<LockFile>,
     state: Mutex<State>,
 }
 
+/// The outcome of identifying a pool's root.
+struct Identified {
+    root: PathBuf,
+    uuid: Option<String>,
+    lock: Option<LockFile>,
+    degraded: Option<String>,
+}
+
 impl Pool {
-    /// Creates the pool's directories if needed and builds its backend. Records are loaded by the engine.
-    pub fn open(cfg: &PoolConfig) -> Result<Pool> {
-        if !is_pool_name(&cfg.name) {
+    /// Opens the pool declared by `spec`: checks its identity, takes its lock, makes its directories on first use
+    /// and builds its backend. Records are loaded by the engine. `state_dir` is the node's own state directory,
+    /// where pool identities are remembered.
+    pub fn open(spec: &PoolSpec, host: Arc<dyn Host>, state_dir: &Path) -> Result<Pool> {
+        let name = spec.name();
+        if !is_pool_name(name) {
             return Err(Error::invalid(
                 "pool name",
+                format!("{name:?}: use 1-31 of a-z, 0-9 and '-', starting and ending with a letter or digit"),
+            ));
+        }
+        if !spec.path().is_absolute() {
+            return Err(Error::invalid(
+                "pool path",
                 format!(
-                    "{:?}: use 1-31 of a-z, 0-9 and '-', starting and ending with a letter or digit",
-                    cfg.name
+                    "pool {name}: {}: pool paths must be absolute",
+                    spec.path().display()
                 ),
             ));
         }
-        if !cfg.path.is_absolute() {
-            return Err(Error::invalid(
-                "pool path",
-                format!("{}: pool paths must be absolute", cfg.path.display()),
-            ));
+        spec.check().map_err(|e| Error::invalid("pool", e))?;
+        let known_dir = state_dir.join("pools");
+        std::fs::create_dir_all(&known_dir).ctx(|| format!("creating {}", known_dir.display()))?;
+        let id = identify(spec, &known_dir)?;
+        let volumes = volumes_dir(&id.root);
+        let mut degraded = id.degraded;
+        if degraded.is_none() {
+            degraded = private_subdir(&id.root, "volumes")
+                .and_then(|_| private_subdir(&id.root, "records"))
+                .err()
+                .map(|e| e.to_string());
         }
-        std::fs::create_dir_all(&cfg.path)
-            .ctx(|| format!("creating pool directory {}", cfg.path.display()))?;
-        // Canonical, because mount-table lookups compare paths literally.
-        let root = cfg
-            .path
-            .canonicalize()
-            .ctx(|| format!("resolving {}", cfg.path.display()))?;
-        let volumes = private_subdir(&root, "volumes")?;
-        let records = private_subdir(&root, "records")?;
-        let backend: Box<dyn Backend> = match cfg.kind {
-            PoolKind::Dir => Box::new(DirBackend::new(volumes)),
+        let backend: Box<dyn Backend> = match spec {
+            PoolSpec::Dir(_) => Box::new(DirBackend::new(volumes)),
+            PoolSpec::Image(s) => Box::new(ImageBackend::new(volumes, s.allocation, host.clone())),
         };
-        let total_bytes = match cfg.capacity_bytes {
-            Some(b) => b,
-            None => {
-                loam_sys::statfs::statfs(&root)
-                    .ctx(|| format!("measuring {}", root.display()))?
-                    .total_bytes
+        let total_bytes = match (spec.capacity(), &degraded) {
+            (Some(b), _) => b,
+            (None, Some(_)) => 0,
+            (None, None) => match host.statfs(&id.root) {
+                Ok(fs) => fs.total_bytes,
+                Err(e) => {
+                    degraded = Some(format!("cannot measure {}: {e}", id.root.display()));
+                    0
+                }
+            },
+        };
+        if degraded.is_none() {
+            match host.statfs(&id.root) {
+                Ok(fs) if fs.read_only => {
+                    degraded = Some(format!("{} is on a read-only filesystem", id.root.display()));
+                }
+                _ => {}
             }
-        };
+        }
+        let degraded = degraded.map(|r| format!("pool {name}: {r}"));
         Ok(Pool {
-            name: cfg.name.clone(),
-            kind: cfg.kind,
-            root,
+            name: name.to_owned(),
+            spec: spec.clone(),
+            store: RecordStore::new(id.root.join("records")),
+            root: id.root,
             total_bytes,
             backend,
-            store: RecordStore::new(records),
+            uuid: id.uuid,
+            host,
+            degraded: Mutex::new(degraded),
+            _lock: id.lock,
             state: Mutex::new(State::default()),
         })
+    }
+
+    pub fn kind(&self) -> PoolKind {
+        self.spec.kind()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -135,29 +183,88 @@ impl Pool {
         self.state().reserved
     }
 
-    /// Free bytes on the pool's filesystem now; 0 when it cannot be read, so a broken disk is never offered.
-    fn fs_free(&self) -> u64 {
-        match loam_sys::statfs::statfs(&self.root) {
+    /// Why the pool cannot take new volumes now, if it cannot: degraded at start-up, or its directories broke
+    /// since.
+    pub fn degraded(&self) -> Option<String> {
+        if let Some(r) = self.degraded.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Some(r);
+        }
+        if !loam_sys::fs::is_dir_no_follow(self.store.dir()) {
+            return Some(format!(
+                "pool {}: {} is missing",
+                self.name,
+                self.store.dir().display()
+            ));
+        }
+        self.backend.health().map(|r| format!("pool {}: {r}", self.name))
+    }
+
+    /// Whether the pool was found whole at start-up (its records are loaded).
+    pub fn is_open(&self) -> bool {
+        self.degraded.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Degrades the pool for the rest of this process's life.
+    pub fn fail(&self, reason: String) {
+        *self.degraded.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// Free bytes on the pool's filesystem and bytes its volumes have written, measured outside the lock. A
+    /// filesystem that cannot be read has 0 free, so a broken disk is never offered.
+    fn measure(&self) -> (u64, u64) {
+        let fs_free = match self.host.statfs(&self.root) {
             Ok(fs) => fs.available_bytes,
             Err(e) => {
                 warn!(pool = %self.name, error = %e, "cannot read the pool's filesystem; offering no space");
                 0
             }
+        };
+        let volumes: Vec<(String, u64)> = self
+            .state()
+            .volumes
+            .values()
+            .filter_map(|e| match e {
+                Entry::Ready(r) => r.volume_id().ok().map(|v| (v.file_stem(), r.capacity_bytes)),
+                Entry::Quarantined(_) => None,
+            })
+            .collect();
+        let written = volumes
+            .iter()
+            .map(|(stem, cap)| self.backend.written_bytes(stem, *cap))
+            .fold(0u64, u64::saturating_add);
+        (fs_free, written)
+    }
+
+    fn bounds(&self, fs_free: u64, written: u64) -> capacity::Bounds {
+        capacity::Bounds {
+            budget: self.total_bytes,
+            fs_free,
+            written,
+            ratio: self.spec.overcommit_ratio(),
         }
     }
 
-    /// Bytes a new volume may take now (see `capacity::available`).
+    /// Bytes a new volume may take now (see `capacity::Bounds`); 0 while degraded.
     pub fn available(&self) -> u64 {
-        let fs_free = self.fs_free();
-        capacity::available(self.total_bytes, self.reserved(), fs_free)
+        if self.degraded().is_some() {
+            return 0;
+        }
+        let (fs_free, written) = self.measure();
+        self.bounds(fs_free, written).available(self.reserved())
     }
 
     /// Takes `size` bytes from the pool, or says why it cannot. Check and update are one step, so two
-    /// concurrent creates can never both take the last unreserved bytes.
+    /// concurrent creates can never both take the last bytes.
     pub fn reserve(&self, size: u64) -> Result<()> {
-        let fs_free = self.fs_free();
+        if let Some(reason) = self.degraded() {
+            return Err(Error::Exhausted(format!(
+                "{reason}; it takes no new volumes until it is repaired and loam restarted"
+            )));
+        }
+        let (fs_free, written) = self.measure();
+        let bounds = self.bounds(fs_free, written);
         let mut st = self.state();
-        capacity::check_fits(&self.name, size, self.total_bytes, st.reserved, fs_free)?;
+        bounds.check_fits(&self.name, size, st.reserved)?;
         st.reserved += size;
         Ok(())
     }
@@ -190,17 +297,136 @@ impl Pool {
             st.reserved = st.reserved.saturating_sub(rec.capacity_bytes);
         }
     }
+}
 
-    pub fn data_path(&self, rec: &VolumeRecord) -> Result<PathBuf> {
-        Ok(self.backend.data_path(&rec.volume_id()?.file_stem()))
-    }
-
-    pub fn health(&self) -> Option<String> {
-        if !self.store.dir().is_dir() {
-            return Some(format!("{} is missing", self.store.dir().display()));
+/// Finds out whether the pool's root is the pool this node knows, creating it only on first use.
+fn identify(spec: &PoolSpec, known_dir: &Path) -> Result<Identified> {
+    let name = spec.name();
+    let path = spec.path();
+    let known_file = format!("{name}.json");
+    let known: Option<Marker> = read_json(&known_dir.join(&known_file));
+    let degraded = |root: &Path, why: String| Identified {
+        root: root.to_owned(),
+        uuid: known.as_ref().map(|k| k.uuid.clone()),
+        lock: None,
+        degraded: Some(why),
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if known.is_some() {
+                return Ok(degraded(
+                    path,
+                    format!("{} is missing: is the disk mounted?", path.display()),
+                ));
+            }
+            if let Err(e) = std::fs::create_dir_all(path) {
+                return Ok(degraded(path, format!("cannot create {}: {e}", path.display())));
+            }
         }
-        self.backend.health()
+        Err(e) => return Ok(degraded(path, format!("cannot inspect {}: {e}", path.display()))),
+        Ok(_) => {}
     }
+    let root = match path.canonicalize() {
+        Ok(r) if r.is_dir() => r,
+        Ok(r) => return Ok(degraded(&r, format!("{} is not a directory", r.display()))),
+        Err(e) => return Ok(degraded(path, format!("cannot resolve {}: {e}", path.display()))),
+    };
+    let lock = match LockFile::acquire(&root.join(LOCK_FILE)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return Err(Error::PoolUnusable {
+                pool: name.to_owned(),
+                reason: format!("it is served by another loam: {e}; stop that server first"),
+            });
+        }
+        Err(e) => return Ok(degraded(&root, format!("cannot lock {}: {e}", root.display()))),
+    };
+    let marker_path = root.join(MARKER_FILE);
+    let marker: Option<Marker> = read_json(&marker_path);
+    if marker.is_none() && marker_path.exists() {
+        return Ok(degraded(
+            &root,
+            format!(
+                "the marker {} is unreadable; repair or remove it",
+                marker_path.display()
+            ),
+        ));
+    }
+    let ok = |m: Marker| Identified {
+        root: root.clone(),
+        uuid: Some(m.uuid),
+        lock: None,
+        degraded: None,
+    };
+    let mut id = match (marker, &known) {
+        (Some(m), _) if m.name != name => degraded(
+            &root,
+            format!(
+                "{} holds pool {:?}, not {name:?}: is the right disk mounted there?",
+                root.display(),
+                m.name
+            ),
+        ),
+        (Some(m), _) if m.kind != spec.kind() => degraded(
+            &root,
+            format!(
+                "{} holds a pool of kind {}, but it is configured as kind {}",
+                root.display(),
+                m.kind,
+                spec.kind()
+            ),
+        ),
+        (Some(m), Some(k)) if m.uuid != k.uuid => degraded(
+            &root,
+            format!(
+                "the marker at {} says pool id {}, but this node knows pool {name} as {}: a different disk?",
+                root.display(),
+                m.uuid,
+                k.uuid
+            ),
+        ),
+        (Some(m), Some(_)) => ok(m),
+        (Some(m), None) => {
+            // A pool this node has not seen (a new data dir, or a disk moved here): adopt it as it says.
+            remember(known_dir, &known_file, &m)?;
+            ok(m)
+        }
+        (None, Some(_)) => degraded(
+            &root,
+            format!(
+                "marker {MARKER_FILE} missing at {}: is the disk mounted?",
+                root.display()
+            ),
+        ),
+        (None, None) => {
+            let m = Marker {
+                name: name.to_owned(),
+                kind: spec.kind(),
+                uuid: uuid::Uuid::new_v4().to_string(),
+            };
+            let data = serde_json::to_vec_pretty(&m).expect("a marker serializes");
+            if let Err(e) = loam_sys::fs::write_atomic(&root, MARKER_FILE, &data) {
+                return Ok(degraded(&root, format!("cannot write its marker: {e}")));
+            }
+            remember(known_dir, &known_file, &m)?;
+            ok(m)
+        }
+    };
+    if id.degraded.is_none() {
+        id.lock = Some(lock);
+    }
+    Ok(id)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let data = std::fs::read(path).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+fn remember(dir: &Path, file: &str, m: &Marker) -> Result<()> {
+    let data = serde_json::to_vec_pretty(m).expect("a marker serializes");
+    loam_sys::fs::write_atomic(dir, file, &data)
+        .ctx(|| format!("remembering pool {} in {}", m.name, dir.display()))
 }
 
 /// Makes `root/name` as a directory only root can enter, refusing a symlink in its place.

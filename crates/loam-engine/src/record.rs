@@ -13,7 +13,10 @@ use crate::{
     id::VolumeId,
 };
 
-pub const RECORD_VERSION: u32 = 1;
+/// The version this build writes. Records gain fields additively (with defaults), so every version from
+/// [`OLDEST_RECORD_VERSION`] up to this one reads correctly; a newer one, written by a later loam, is held back.
+pub const RECORD_VERSION: u32 = 2;
+pub const OLDEST_RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +38,9 @@ pub struct VolumeRecord {
     pub node: String,
     pub capacity_bytes: u64,
     pub block: bool,
+    /// The filesystem asked for at create, if any (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
     pub parameters: BTreeMap<String, String>,
     pub state: VolumeState,
     pub created_unix: u64,
@@ -121,8 +127,12 @@ impl RecordStore {
         }
         let data = std::fs::read(path).map_err(|e| e.to_string())?;
         let rec: VolumeRecord = serde_json::from_slice(&data).map_err(|e| format!("unreadable JSON: {e}"))?;
-        if rec.version != RECORD_VERSION {
-            return Err(format!("record version {} is not {RECORD_VERSION}", rec.version));
+        if !(OLDEST_RECORD_VERSION..=RECORD_VERSION).contains(&rec.version) {
+            return Err(format!(
+                "record version {} is not one this loam reads ({OLDEST_RECORD_VERSION} to {RECORD_VERSION}); \
+                 was it written by a newer loam?",
+                rec.version
+            ));
         }
         let id = rec.volume_id().map_err(|e| e.to_string())?;
         if id.file_stem() != stem {
@@ -154,10 +164,38 @@ mod tests {
             node: "n1".into(),
             capacity_bytes: 42,
             block: false,
+            fs_type: None,
             parameters: BTreeMap::new(),
             state: VolumeState::Ready,
             created_unix: 1,
         }
+    }
+
+    #[test]
+    fn records_of_the_previous_version_are_read_and_newer_ones_held_back() {
+        let d = tempfile::tempdir().unwrap();
+        let store = RecordStore::new(d.path().to_owned());
+        let want = rec("old");
+        let stem = want.volume_id().unwrap().file_stem();
+        // Exactly what version 1 wrote: no fs_type field.
+        let v1 = format!(
+            r#"{{"version":1,"id":"{}","name":"old","pool":"default","node":"n1","capacity_bytes":42,
+               "block":false,"parameters":{{}},"state":"ready","created_unix":1}}"#,
+            want.id
+        );
+        std::fs::write(d.path().join(format!("{stem}.json")), v1).unwrap();
+        let loaded = store.load_all("default").unwrap();
+        assert_eq!(
+            loaded.records,
+            vec![VolumeRecord {
+                version: 1,
+                ..want.clone()
+            }]
+        );
+        let v9 = serde_json::to_vec(&VolumeRecord { version: 9, ..want }).unwrap();
+        std::fs::write(d.path().join(format!("{stem}.json")), v9).unwrap();
+        let loaded = store.load_all("default").unwrap();
+        assert!(loaded.corrupt[0].1.contains("newer loam"), "{:?}", loaded.corrupt);
     }
 
     #[test]

@@ -92,14 +92,19 @@ pub struct CapacityReport {
     pub maximum_volume_bytes: u64,
 }
 
+/// One row of NodeGetVolumeStats: bytes or inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UsageRow {
+    pub total: u64,
+    pub used: u64,
+    pub available: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeStats {
-    pub total_bytes: u64,
-    pub used_bytes: u64,
-    pub available_bytes: u64,
-    pub total_inodes: u64,
-    pub used_inodes: u64,
-    pub available_inodes: u64,
+    pub bytes: UsageRow,
+    /// None for raw block volumes, which have no inodes (and whose bytes row carries only the total).
+    pub inodes: Option<UsageRow>,
     pub abnormal: Option<String>,
 }
 

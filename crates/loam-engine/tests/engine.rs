@@ -10,8 +10,8 @@ use std::{
 use loam_engine::{
     Engine, EngineConfig, Error,
     id::VolumeId,
-    pool::{PoolConfig, PoolKind},
     record::{VolumeRecord, VolumeState},
+    spec::PoolSpec,
     types::{AccessMode, AccessType, Capability, CreateRequest},
 };
 
@@ -22,15 +22,11 @@ fn config(dir: &Path, capacity: u64) -> EngineConfig {
         node_id: "node-a".into(),
         topology_key: "loam.csi/node".into(),
         extra_topology: BTreeMap::new(),
-        pools: vec![PoolConfig {
-            name: "default".into(),
-            kind: PoolKind::Dir,
-            path: dir.join("pools/default"),
-            capacity_bytes: Some(capacity),
-        }],
+        pools: vec![PoolSpec::dir("default", dir.join("pools/default")).with_capacity(Some(capacity))],
         default_pool: "default".into(),
         max_volumes_per_node: 0,
         state_dir: dir.join("node"),
+        host: Arc::new(loam_sys::host::RealHost),
     }
 }
 
@@ -174,7 +170,10 @@ fn recovery_rolls_back_creates_finishes_deletes_and_quarantines_corrupt_records(
             .exists()
     );
     assert!(e.get_volume(&keep.id).is_ok());
-    assert!(e.probe().is_ok());
+    assert!(
+        e.pool_status()[0].degraded.is_none(),
+        "a quarantined volume does not degrade its pool"
+    );
 }
 
 #[test]
@@ -328,8 +327,7 @@ fn capacity_never_promises_more_than_the_filesystem_has_free() {
     )
     .unwrap();
     let mut cfg = config(d.path(), 0);
-    cfg.pools[0].path = small.join("pool");
-    cfg.pools[0].capacity_bytes = None;
+    cfg.pools[0] = PoolSpec::dir("default", small.join("pool"));
     let e = Engine::open(cfg).unwrap();
     let total = e.pools().next().unwrap().total_bytes;
     assert_eq!(total, 64 * MIB, "an unset capacity is the filesystem's size");
@@ -346,6 +344,7 @@ fn capacity_never_promises_more_than_the_filesystem_has_free() {
     }
     let v = e.create_volume(&req("fits", 10 * MIB)).unwrap();
     e.delete_volume(&v.id).unwrap();
+    drop(e); // it holds the pool's lock file open
     rustix::mount::unmount(&small, rustix::mount::UnmountFlags::empty()).unwrap();
 }
 

@@ -5,6 +5,12 @@
 //! table ([`mountinfo`]), filesystem statistics ([`statfs`]), and careful
 //! filesystem manipulation ([`fs`]): durable writes, tree removal that never
 //! follows symlinks or crosses mounts, usage accounting and path validation.
+//! Image-backed volumes add loop devices ([`loopdev`]), block device sizes
+//! ([`blockdev`]), and probing and formatting filesystems with the system's
+//! tools ([`mkfs`]).
+//!
+//! The engine reaches the privileged calls through one seam, [`host::Host`], with a real implementation and
+//! an in-memory recording fake ([`fake::FakeHost`]) for unit tests without root.
 //!
 //! Nothing in this crate is async; callers run it on blocking threads.
 //!
@@ -12,7 +18,13 @@
 //! operation and path. The original OS error stays reachable through
 //! [`std::error::Error::source`] (see [`os_error`]).
 
+pub mod blockdev;
+pub mod fake;
 pub mod fs;
+pub mod host;
+pub mod lockfile;
+pub mod loopdev;
+pub mod mkfs;
 pub mod mount;
 pub mod mountinfo;
 pub mod statfs;

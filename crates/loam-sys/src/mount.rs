@@ -1,15 +1,16 @@
-//! Bind mounts and unmounts.
+//! Bind mounts, filesystem mounts and unmounts.
 //!
 //! Publishing a volume to a pod is a bind mount of the volume's directory onto
-//! the target path kubelet gives us; unpublishing is an unmount. Whether
+//! the target path kubelet gives us (or a mount of the filesystem on its
+//! device, [`mount_fs`]); unpublishing is an unmount. Whether
 //! something is mounted is decided by the caller from the mount table
 //! ([`crate::mountinfo`]), not from the errors here.
 
-use std::{io, path::Path};
+use std::{ffi::CString, io, path::Path};
 
 use rustix::{
     fs::StatVfsMountFlags,
-    mount::{MountFlags, UnmountFlags, mount_bind, mount_remount, unmount as umount2},
+    mount::{MountFlags, UnmountFlags, mount, mount_bind, mount_remount, unmount as umount2},
 };
 
 /// Bind-mounts `source` on `target` (non-recursively), read-only if asked.
@@ -65,6 +66,72 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// CSI mount flags that are `MS_*` flags of mount(2) rather than filesystem
+/// options.
+const FLAG_OPTIONS: &[(&str, MountFlags)] = &[
+    ("ro", MountFlags::RDONLY),
+    ("noatime", MountFlags::NOATIME),
+    ("nodiratime", MountFlags::NODIRATIME),
+    ("relatime", MountFlags::RELATIME),
+    ("nosuid", MountFlags::NOSUID),
+    ("nodev", MountFlags::NODEV),
+    ("noexec", MountFlags::NOEXEC),
+    ("sync", MountFlags::SYNCHRONOUS),
+    ("dirsync", MountFlags::DIRSYNC),
+];
+
+/// Splits mount options into `MS_*` flags and the filesystem's data string
+/// (the other options, comma-joined, in order). Empty options are dropped.
+fn split_options(options: &[String], read_only: bool) -> (MountFlags, String) {
+    let mut flags = if read_only {
+        MountFlags::RDONLY
+    } else {
+        MountFlags::empty()
+    };
+    let mut data = Vec::new();
+    for option in options.iter().filter(|o| !o.is_empty()) {
+        match FLAG_OPTIONS.iter().find(|(name, _)| name == option) {
+            Some((_, flag)) => flags |= *flag,
+            None => data.push(option.as_str()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// Mounts the filesystem on `device` at `target` as `fs_type`.
+///
+/// `options` are CSI mount flags, already checked by the caller against an
+/// allow-list: `ro`, `noatime`, `nodiratime`, `relatime`, `nosuid`, `nodev`,
+/// `noexec`, `sync` and `dirsync` become `MS_*` flags, anything else (such as
+/// `discard`) is passed to the filesystem as data, comma-joined. `read_only`
+/// adds `MS_RDONLY`.
+pub fn mount_fs(
+    device: &Path,
+    target: &Path,
+    fs_type: &str,
+    options: &[String],
+    read_only: bool,
+) -> io::Result<()> {
+    let what = || {
+        format!(
+            "mounting {} ({fs_type}{}{}) on {}",
+            device.display(),
+            if read_only { ", read-only" } else { "" },
+            if options.is_empty() {
+                String::new()
+            } else {
+                format!(", options {}", options.join(","))
+            },
+            target.display()
+        )
+    };
+    let (flags, data) = split_options(options, read_only);
+    let data = CString::new(data)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: NUL in options", what())))?;
+    let data = (!data.is_empty()).then_some(data.as_c_str());
+    mount(device, target, fs_type, flags, data).map_err(|e| crate::context(e, what()))
+}
+
 /// Unmounts the topmost mount at `target`, without following a symlink at
 /// `target` (`umount2(target, UMOUNT_NOFOLLOW)`).
 ///
@@ -74,4 +141,75 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
 pub fn unmount(target: &Path) -> io::Result<()> {
     umount2(target, UnmountFlags::NOFOLLOW)
         .map_err(|e| crate::context(e, format!("unmounting {}", target.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(options: &[&str]) -> Vec<String> {
+        options.iter().map(|o| o.to_string()).collect()
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let (flags, data) = split_options(
+            &strings(&["noatime", "discard", "nodev", "errors=remount-ro"]),
+            false,
+        );
+        assert_eq!(flags, MountFlags::NOATIME | MountFlags::NODEV);
+        assert_eq!(data, "discard,errors=remount-ro");
+
+        let all = strings(&[
+            "ro",
+            "noatime",
+            "nodiratime",
+            "relatime",
+            "nosuid",
+            "nodev",
+            "noexec",
+            "sync",
+            "dirsync",
+        ]);
+        let (flags, data) = split_options(&all, false);
+        assert_eq!(
+            flags,
+            MountFlags::RDONLY
+                | MountFlags::NOATIME
+                | MountFlags::NODIRATIME
+                | MountFlags::RELATIME
+                | MountFlags::NOSUID
+                | MountFlags::NODEV
+                | MountFlags::NOEXEC
+                | MountFlags::SYNCHRONOUS
+                | MountFlags::DIRSYNC
+        );
+        assert_eq!(data, "");
+    }
+
+    #[test]
+    fn read_only_adds_rdonly_and_empty_options_are_dropped() {
+        assert_eq!(split_options(&[], true), (MountFlags::RDONLY, String::new()));
+        assert_eq!(
+            split_options(&strings(&["", "discard", ""]), false),
+            (MountFlags::empty(), "discard".to_owned())
+        );
+        assert_eq!(
+            split_options(&strings(&["ro"]), true),
+            (MountFlags::RDONLY, String::new())
+        );
+    }
+
+    #[test]
+    fn nul_in_options_is_invalid_input() {
+        let err = mount_fs(
+            Path::new("/dev/null"),
+            Path::new("/nonexistent"),
+            "ext4",
+            &strings(&["a\0b"]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
 }

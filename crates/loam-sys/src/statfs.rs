@@ -18,6 +18,8 @@ pub struct FsStats {
     pub total_inodes: u64,
     /// Free inodes.
     pub free_inodes: u64,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// `statvfs(path)`, converted to bytes.
@@ -34,6 +36,7 @@ pub fn statfs(path: &Path) -> io::Result<FsStats> {
         available_bytes: st.f_bavail.saturating_mul(block_size),
         total_inodes: st.f_files,
         free_inodes: st.f_ffree,
+        read_only: st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
     })
 }
 

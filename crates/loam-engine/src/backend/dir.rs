@@ -1,11 +1,13 @@
-//! `dir` pools: a volume is a directory in the pool. Sizes are accounted by the engine; on filesystems with
-//! project quota they are also enforced (not on this layer yet: accounted only, and said so at start-up).
+//! `dir` pools: a volume is a directory in the pool. Sizes are accounted by the engine, not enforced here (the
+//! quota-aware dir pool enforces them where the filesystem has project quota).
 
 use std::path::PathBuf;
 
-use super::{Backend, Usage};
+use super::{Attachment, Backend, ProvisionSpec, Usage};
 use crate::{
+    capability::{self, Refusal},
     error::{IoContext, Result},
+    spec::PoolKind,
     types::{AccessType, Capability},
 };
 
@@ -19,61 +21,60 @@ pub struct DirBackend {
 }
 
 impl DirBackend {
-    /// `volumes` is the pool's `volumes/` directory, which must exist.
+    /// `volumes` is the pool's `volumes/` directory.
     pub fn new(volumes: PathBuf) -> Self {
         DirBackend { volumes }
     }
-}
 
-/// Capability checks shared by every kind that serves filesystem volumes as plain directories.
-pub fn directory_capability_problem(cap: &Capability) -> Option<String> {
-    match &cap.access {
-        AccessType::Block => Some(
-            "block access is not possible on a dir pool; use a pool with block support (kind: image)".into(),
-        ),
-        AccessType::Mount { fs_type, .. } if !fs_type.is_empty() => Some(format!(
-            "fs_type {fs_type:?} cannot be applied: dir pool volumes are directories on the pool's filesystem; \
-             leave fsType empty or use an image pool"
-        )),
-        AccessType::Mount { .. } if !cap.mode.is_single_node() => Some(format!(
-            "access mode {:?} needs several nodes, but loam volumes are local to one node",
-            cap.mode
-        )),
-        AccessType::Mount { .. } => None,
+    fn path(&self, stem: &str) -> PathBuf {
+        self.volumes.join(stem)
     }
 }
 
 impl Backend for DirBackend {
-    fn kind(&self) -> &'static str {
-        "dir"
+    fn kind(&self) -> PoolKind {
+        PoolKind::Dir
     }
 
-    fn unsupported(&self, cap: &Capability) -> Option<String> {
+    fn enforces_size(&self) -> bool {
+        false
+    }
+
+    fn refusal(&self, cap: &Capability) -> Option<Refusal> {
         // Reader-only modes are served too: their bind mounts are made read-only.
-        directory_capability_problem(cap)
+        match &cap.access {
+            AccessType::Block => Some(Refusal::Unsupported(
+                "block access is not possible on a dir pool (its volumes are directories); use a pool of kind image"
+                    .into(),
+            )),
+            AccessType::Mount { fs_type, .. } if !fs_type.is_empty() => Some(Refusal::Unsupported(format!(
+                "fs_type {fs_type:?} cannot be applied: dir pool volumes are directories on the pool's filesystem; \
+                 leave fsType empty or use a pool of kind image"
+            ))),
+            AccessType::Mount { .. } => capability::mode_refusal(cap)
+                .or_else(|| capability::flags_refusal(cap, capability::DIRECTORY_MOUNT_FLAGS, "dir")),
+        }
     }
 
-    fn provision(&self, stem: &str, _capacity_bytes: u64) -> Result<()> {
-        loam_sys::fs::create_dir_checked(&self.volumes, stem, VOLUME_DIR_MODE)
-            .ctx(|| format!("creating directory {}", self.volumes.join(stem).display()))?;
+    fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()> {
+        loam_sys::fs::create_dir_checked(&self.volumes, spec.stem, VOLUME_DIR_MODE)
+            .ctx(|| format!("creating directory {}", self.path(spec.stem).display()))?;
         Ok(())
     }
 
     fn destroy(&self, stem: &str) -> Result<()> {
         loam_sys::fs::remove_tree_beneath(&self.volumes, stem)
-            .ctx(|| format!("removing directory {}", self.volumes.join(stem).display()))
+            .ctx(|| format!("removing directory {}", self.path(stem).display()))
     }
 
-    fn data_path(&self, stem: &str) -> PathBuf {
-        self.volumes.join(stem)
-    }
-
-    fn exists(&self, stem: &str) -> bool {
-        loam_sys::fs::is_dir_no_follow(&self.volumes.join(stem))
+    fn check(&self, stem: &str, _capacity_bytes: u64) -> Option<String> {
+        let path = self.path(stem);
+        (!loam_sys::fs::is_dir_no_follow(&path))
+            .then(|| format!("the volume's directory {} is missing", path.display()))
     }
 
     fn usage(&self, stem: &str) -> Result<Usage> {
-        let path = self.volumes.join(stem);
+        let path = self.path(stem);
         let u = loam_sys::fs::tree_usage(&path).ctx(|| format!("measuring {}", path.display()))?;
         Ok(Usage {
             bytes: u.bytes,
@@ -81,26 +82,50 @@ impl Backend for DirBackend {
         })
     }
 
+    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64 {
+        // Unmeasurable counts as nothing written: the whole size stays held back.
+        self.usage(stem).map_or(0, |u| u.bytes.min(capacity_bytes))
+    }
+
     fn backings(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&self.volumes).ctx(|| format!("reading {}", self.volumes.display()))? {
-            let e = e.ctx(|| format!("reading {}", self.volumes.display()))?;
-            if let Some(name) = e.file_name().to_str() {
-                out.push(name.to_owned());
-            }
-        }
-        Ok(out)
+        list_names(&self.volumes, "")
     }
 
     fn health(&self) -> Option<String> {
-        if !loam_sys::fs::is_dir_no_follow(&self.volumes) {
-            return Some(format!("{} is not a directory", self.volumes.display()));
-        }
-        rustix::fs::access(
-            &self.volumes,
-            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
-        )
-        .err()
-        .map(|e| format!("{} is not writable: {e}", self.volumes.display()))
+        writable_dir_problem(&self.volumes)
     }
+
+    fn attach(&self, stem: &str) -> Result<Attachment> {
+        Ok(Attachment::Directory(self.path(stem)))
+    }
+
+    fn attached(&self, stem: &str) -> Result<Option<Attachment>> {
+        self.attach(stem).map(Some)
+    }
+
+    fn detach(&self, _stem: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Names in `dir` that end in `suffix`, with the suffix removed.
+pub(crate) fn list_names(dir: &std::path::Path, suffix: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
+        let e = e.ctx(|| format!("reading {}", dir.display()))?;
+        if let Some(stem) = e.file_name().to_str().and_then(|n| n.strip_suffix(suffix)) {
+            out.push(stem.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Why `dir` cannot hold new volumes: not a directory, or not writable.
+pub(crate) fn writable_dir_problem(dir: &std::path::Path) -> Option<String> {
+    if !loam_sys::fs::is_dir_no_follow(dir) {
+        return Some(format!("{} is not a directory", dir.display()));
+    }
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
+        .err()
+        .map(|e| format!("{} is not writable: {e}", dir.display()))
 }

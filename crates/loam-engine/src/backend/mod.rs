@@ -1,11 +1,20 @@
-//! Pool kinds. Each kind makes, removes and measures the backing of a volume; the engine does the rest
-//! (records, capacity, locking, mounts), so a new kind is one module behind this trait.
+//! Pool kinds. Each kind has two halves:
+//! - the controller half makes, removes and measures the backing of a volume from its full spec;
+//! - the node half attaches a volume to this node and says what it is: a directory, or a block device (which
+//!   the node code formats and mounts for filesystem access, or publishes raw).
+//!
+//! The engine does the rest (records, capacity, locking, and publishing the two shapes), so a new kind is one
+//! module behind this trait.
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
-use crate::{error::Result, types::Capability};
+use crate::{capability::Refusal, error::Result, spec::PoolKind, types::Capability};
 
 pub mod dir;
+pub mod image;
 
 /// Space used inside one volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,42 +23,84 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// What CreateVolume asks a backend to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionSpec<'a> {
+    /// The volume's file-system name: 32 hex digits.
+    pub stem: &'a str,
+    pub capacity_bytes: u64,
+    /// Raw block access, not a filesystem.
+    pub block: bool,
+    /// The filesystem asked for, if any (already checked against the kind's allow-list).
+    pub fs_type: Option<&'a str>,
+}
+
+/// A block device node on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub path: PathBuf,
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// What a volume is once attached to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    /// A directory, bind-mounted for filesystem access.
+    Directory(PathBuf),
+    /// A block device: formatted (when empty) and mounted for filesystem access, or published raw.
+    Device(Device),
+}
+
 pub trait Backend: Send + Sync + fmt::Debug {
-    /// The kind's name as it appears in configuration: `dir`, `image`, ...
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> PoolKind;
 
     /// Volumes are sized in multiples of this many bytes.
     fn granularity(&self) -> u64 {
         1
     }
 
-    /// Whether the filesystem stops a volume at its size; otherwise sizes are only accounted.
-    fn enforces_size(&self) -> bool {
-        false
-    }
+    /// Whether the volume's size holds on the filesystem; otherwise sizes are only accounted.
+    fn enforces_size(&self) -> bool;
 
-    /// Why this kind cannot serve `cap`, if it cannot.
-    fn unsupported(&self, cap: &Capability) -> Option<String>;
+    /// Why this kind cannot serve `cap`, if it cannot, naming what can.
+    fn refusal(&self, cap: &Capability) -> Option<Refusal>;
 
-    /// Makes the backing of volume `stem` (32 hex digits). Must succeed when it already exists from an
-    /// interrupted attempt.
-    fn provision(&self, stem: &str, capacity_bytes: u64) -> Result<()>;
+    /// Makes the backing of a volume. Must succeed when it already exists from an interrupted attempt.
+    fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()>;
 
-    /// Removes the backing of volume `stem`; succeeds when it is already gone.
+    /// Removes the backing of volume `stem` (detaching it first if it is attached and unused); succeeds when it
+    /// is already gone.
     fn destroy(&self, stem: &str) -> Result<()>;
 
-    /// Where a filesystem volume's data lives on this node (what NodeStage bind-mounts).
-    fn data_path(&self, stem: &str) -> PathBuf;
+    /// Why the backing differs from what the record says, if it does: missing, the wrong size, attached to a
+    /// device that shows another file.
+    fn check(&self, stem: &str, capacity_bytes: u64) -> Option<String>;
 
-    /// Whether the backing exists.
-    fn exists(&self, stem: &str) -> bool;
-
-    /// Space the volume's data takes now.
+    /// Space the volume's data takes on the pool's filesystem now (for dir volumes: a tree walk).
     fn usage(&self, stem: &str) -> Result<Usage>;
+
+    /// Bytes of the volume's `capacity_bytes` already taken on the pool's filesystem: what is promised and not
+    /// yet written is the rest, which capacity holds back from what it offers.
+    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64;
 
     /// Stems of every backing present, to find ones that have no record.
     fn backings(&self) -> Result<Vec<String>>;
 
     /// Why the pool cannot be used right now, if it cannot.
     fn health(&self) -> Option<String>;
+
+    /// Attaches the volume to this node (idempotent: an existing attachment is returned, never a second one).
+    fn attach(&self, stem: &str) -> Result<Attachment>;
+
+    /// The volume's attachment if it has one now, without making one.
+    fn attached(&self, stem: &str) -> Result<Option<Attachment>>;
+
+    /// Undoes `attach`; succeeds when nothing is attached.
+    fn detach(&self, stem: &str) -> Result<()>;
+}
+
+/// The directory under which a kind keeps its volumes' backings.
+pub fn volumes_dir(root: &Path) -> PathBuf {
+    root.join("volumes")
 }

@@ -1,0 +1,219 @@
+//! `image` pools: a volume is one file in the pool (`volumes/<stem>.img`), attached to a loop device on this
+//! node. The file's size is the volume's size, so it holds on the device: writing past it fails with ENOSPC.
+//!
+//! Thick pools allocate the whole file at create (fallocate), so the space is physically taken; thin pools make
+//! it sparse and take blocks as the volume writes them. Loop devices are configured with direct I/O (no second
+//! copy in the page cache; refused by some backing filesystems, then buffered), 4096-byte logical blocks and no
+//! autoclear, and found again after a restart through sysfs, so a volume is never attached twice.
+
+use std::{
+    io,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use loam_sys::host::{Host, LoopConfig, LoopDevice};
+
+use super::{Attachment, Backend, Device, ProvisionSpec, Usage};
+use crate::{
+    capability::{self, Refusal},
+    error::{Error, IoContext, Result},
+    spec::{Allocation, PoolKind},
+    types::Capability,
+};
+
+/// Logical block size of the loop devices, and so the volumes' size granularity.
+pub const BLOCK_SIZE: u64 = 4096;
+const SUFFIX: &str = ".img";
+
+#[derive(Debug)]
+pub struct ImageBackend {
+    volumes: PathBuf,
+    allocation: Allocation,
+    host: Arc<dyn Host>,
+}
+
+impl ImageBackend {
+    /// `volumes` is the pool's `volumes/` directory.
+    pub fn new(volumes: PathBuf, allocation: Allocation, host: Arc<dyn Host>) -> Self {
+        ImageBackend {
+            volumes,
+            allocation,
+            host,
+        }
+    }
+
+    fn file_name(stem: &str) -> String {
+        format!("{stem}{SUFFIX}")
+    }
+
+    /// The image file of volume `stem`.
+    pub fn file(&self, stem: &str) -> PathBuf {
+        self.volumes.join(Self::file_name(stem))
+    }
+
+    fn loops(&self, stem: &str) -> Result<Vec<LoopDevice>> {
+        let file = self.file(stem);
+        self.host
+            .loop_find(&file)
+            .ctx(|| format!("finding the loop devices of {}", file.display()))
+    }
+
+    fn make_file(&self, stem: &str, size: u64) -> io::Result<()> {
+        let path = self.file(stem);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a regular file", path.display()),
+            ));
+        }
+        file.set_len(size)?;
+        if self.allocation == Allocation::Thick {
+            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size)?;
+        }
+        file.sync_all()?;
+        loam_sys::fs::fsync_dir(&self.volumes)
+    }
+}
+
+fn device(l: &LoopDevice) -> Attachment {
+    Attachment::Device(Device {
+        path: l.path.clone(),
+        major: l.major,
+        minor: l.minor,
+    })
+}
+
+impl Backend for ImageBackend {
+    fn kind(&self) -> PoolKind {
+        PoolKind::Image
+    }
+
+    fn granularity(&self) -> u64 {
+        BLOCK_SIZE
+    }
+
+    fn enforces_size(&self) -> bool {
+        true
+    }
+
+    fn refusal(&self, cap: &Capability) -> Option<Refusal> {
+        capability::mode_refusal(cap)
+            .or_else(|| capability::fs_type_refusal(cap))
+            .or_else(|| capability::flags_refusal(cap, capability::DEVICE_MOUNT_FLAGS, "image"))
+    }
+
+    fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()> {
+        let path = self.file(spec.stem);
+        self.make_file(spec.stem, spec.capacity_bytes).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                // The filesystem had less room than it said (another writer took it meanwhile).
+                let _ = std::fs::remove_file(&path);
+                Error::Exhausted(format!(
+                    "allocating {} bytes for {}: the pool's filesystem is full",
+                    spec.capacity_bytes,
+                    path.display()
+                ))
+            } else {
+                Error::Io {
+                    op: format!("creating image file {}", path.display()),
+                    source: e,
+                }
+            }
+        })
+    }
+
+    fn destroy(&self, stem: &str) -> Result<()> {
+        self.detach(stem)?;
+        loam_sys::fs::remove_file_durable(&self.volumes, &Self::file_name(stem))
+            .ctx(|| format!("removing image file {}", self.file(stem).display()))
+    }
+
+    fn check(&self, stem: &str, capacity_bytes: u64) -> Option<String> {
+        let path = self.file(stem);
+        match std::fs::symlink_metadata(&path) {
+            Err(e) => Some(format!(
+                "the volume's image file {} is missing: {e}",
+                path.display()
+            )),
+            Ok(m) if !m.is_file() => Some(format!("{} is not a regular file", path.display())),
+            Ok(m) if m.len() != capacity_bytes => Some(format!(
+                "the volume's image file {} is {} bytes, not its {capacity_bytes}",
+                path.display(),
+                m.len()
+            )),
+            Ok(_) => match self.loops(stem) {
+                Ok(l) if l.len() > 1 => Some(format!(
+                    "{} is attached to {} loop devices ({}); loam attaches it once",
+                    path.display(),
+                    l.len(),
+                    l.iter()
+                        .map(|d| d.path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                _ => None,
+            },
+        }
+    }
+
+    fn usage(&self, stem: &str) -> Result<Usage> {
+        let path = self.file(stem);
+        let m = std::fs::symlink_metadata(&path).ctx(|| format!("measuring {}", path.display()))?;
+        Ok(Usage {
+            bytes: m.blocks().saturating_mul(512),
+            inodes: 1,
+        })
+    }
+
+    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64 {
+        self.usage(stem).map_or(0, |u| u.bytes.min(capacity_bytes))
+    }
+
+    fn backings(&self) -> Result<Vec<String>> {
+        super::dir::list_names(&self.volumes, SUFFIX)
+    }
+
+    fn health(&self) -> Option<String> {
+        super::dir::writable_dir_problem(&self.volumes)
+    }
+
+    fn attach(&self, stem: &str) -> Result<Attachment> {
+        if let Some(l) = self.loops(stem)?.first() {
+            return Ok(device(l));
+        }
+        let file = self.file(stem);
+        let cfg = LoopConfig {
+            direct_io: true,
+            block_size: BLOCK_SIZE as u32,
+            read_only: false,
+        };
+        let l = self
+            .host
+            .loop_attach(&file, &cfg)
+            .ctx(|| format!("attaching {} to a loop device", file.display()))?;
+        tracing::debug!(file = %file.display(), device = %l.path.display(), "loop device attached");
+        Ok(device(&l))
+    }
+
+    fn attached(&self, stem: &str) -> Result<Option<Attachment>> {
+        Ok(self.loops(stem)?.first().map(device))
+    }
+
+    fn detach(&self, stem: &str) -> Result<()> {
+        for l in self.loops(stem)? {
+            self.host
+                .loop_detach(&l)
+                .ctx(|| format!("detaching loop device {}", l.path.display()))?;
+            tracing::debug!(device = %l.path.display(), "loop device detached");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! Pool specifications: one kind-tagged type that the configuration file deserializes and the engine opens.
+//!
+//! ```toml
+//! [[pools]]
+//! name = "nvme"
+//! kind = "image"
+//! path = "/mnt/nvme0/loam"
+//! capacity = "800Gi"
+//! allocation = "thin"
+//! overcommit_ratio = 1.5
+//! ```
+
+use std::{fmt, path::PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A pool as configured: its kind and the kind's own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PoolSpec {
+    /// Volumes are directories in the pool.
+    Dir(DirSpec),
+    /// Volumes are image files in the pool, attached to loop devices.
+    Image(ImageSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    pub name: String,
+    /// Directory holding the pool (`volumes/` and `records/` are made inside it).
+    pub path: PathBuf,
+    /// Bytes the pool may hand out; default: the size of the filesystem holding it.
+    #[serde(default)]
+    pub capacity: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub capacity: Option<ByteSize>,
+    #[serde(default)]
+    pub allocation: Allocation,
+    /// How far a thin pool may promise beyond what its filesystem holds (1.0: not at all). Thick pools take none.
+    #[serde(default)]
+    pub overcommit_ratio: Option<f64>,
+}
+
+/// How an image file takes its space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    /// Fully allocated at create (fallocate): the space is physically taken.
+    #[default]
+    Thick,
+    /// Sparse: blocks are taken as the volume writes them.
+    Thin,
+}
+
+/// The kinds of pool, by their configuration name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    Dir,
+    Image,
+}
+
+impl PoolKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Dir => "dir",
+            PoolKind::Image => "image",
+        }
+    }
+}
+
+impl fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PoolSpec {
+    /// A dir pool without a configured capacity.
+    pub fn dir(name: &str, path: impl Into<PathBuf>) -> PoolSpec {
+        PoolSpec::Dir(DirSpec {
+            name: name.to_owned(),
+            path: path.into(),
+            capacity: None,
+        })
+    }
+
+    /// A thick image pool without a configured capacity.
+    pub fn image(name: &str, path: impl Into<PathBuf>) -> PoolSpec {
+        PoolSpec::Image(ImageSpec {
+            name: name.to_owned(),
+            path: path.into(),
+            capacity: None,
+            allocation: Allocation::Thick,
+            overcommit_ratio: None,
+        })
+    }
+
+    pub fn kind(&self) -> PoolKind {
+        match self {
+            PoolSpec::Dir(_) => PoolKind::Dir,
+            PoolSpec::Image(_) => PoolKind::Image,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            PoolSpec::Dir(s) => &s.name,
+            PoolSpec::Image(s) => &s.name,
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            PoolSpec::Dir(s) => &s.path,
+            PoolSpec::Image(s) => &s.path,
+        }
+    }
+
+    pub fn capacity(&self) -> Option<u64> {
+        match self {
+            PoolSpec::Dir(s) => s.capacity,
+            PoolSpec::Image(s) => s.capacity,
+        }
+        .map(|b| b.0)
+    }
+
+    /// Sets the budget (builder style, for the command line's `--capacity` and tests).
+    pub fn with_capacity(mut self, bytes: Option<u64>) -> PoolSpec {
+        let c = bytes.map(ByteSize);
+        match &mut self {
+            PoolSpec::Dir(s) => s.capacity = c,
+            PoolSpec::Image(s) => s.capacity = c,
+        }
+        self
+    }
+
+    /// The overcommit ratio in force: 1.0 unless a thin image pool sets one. Checked by [`PoolSpec::check`].
+    pub fn overcommit_ratio(&self) -> f64 {
+        match self {
+            PoolSpec::Image(s) => s.overcommit_ratio.unwrap_or(1.0),
+            PoolSpec::Dir(_) => 1.0,
+        }
+    }
+
+    /// Settings that contradict each other, named so the admin can fix the file.
+    pub fn check(&self) -> Result<(), String> {
+        if let PoolSpec::Image(s) = self
+            && let Some(r) = s.overcommit_ratio
+        {
+            if s.allocation == Allocation::Thick {
+                return Err(format!(
+                    "pool {}: overcommit_ratio applies to thin pools only; a thick pool never overcommits",
+                    s.name
+                ));
+            }
+            if !(r.is_finite() && (1.0..=100.0).contains(&r)) {
+                return Err(format!(
+                    "pool {}: overcommit_ratio must be between 1.0 and 100 (got {r})",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A byte count that reads as a number or as a string with a unit (`"500Gi"`, `"1T"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(ByteSize(b)),
+            Raw::Text(t) => parse_size(&t).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `10`, `500G`, `1Ti`...: decimal (K, M, G, T) and binary (Ki, Mi, Gi, Ti) units.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 10Gi or 500G"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} in {s:?}; use K, M, G, T, Ki, Mi, Gi or Ti"
+            ));
+        }
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct File {
+        pools: Vec<PoolSpec>,
+    }
+
+    #[test]
+    fn kind_tagged_specs() {
+        let f: File = toml::from_str(
+            r#"
+            [[pools]]
+            name = "a"
+            kind = "dir"
+            path = "/a"
+            capacity = "10Gi"
+            [[pools]]
+            name = "b"
+            kind = "image"
+            path = "/b"
+            capacity = 1000
+            allocation = "thin"
+            overcommit_ratio = 1.5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(f.pools[0], PoolSpec::dir("a", "/a").with_capacity(Some(10 << 30)));
+        assert_eq!(f.pools[1].kind(), PoolKind::Image);
+        assert_eq!(f.pools[1].capacity(), Some(1000));
+        assert_eq!(f.pools[1].overcommit_ratio(), 1.5);
+        assert!(f.pools[1].check().is_ok());
+        let thick: File = toml::from_str("[[pools]]\nname='c'\nkind='image'\npath='/c'").unwrap();
+        assert_eq!(thick.pools[0], PoolSpec::image("c", "/c"));
+    }
+
+    #[test]
+    fn mistakes_are_refused() {
+        for bad in [
+            "[[pools]]\nname='a'\nkind='lvm'\npath='/x'",
+            "[[pools]]\nname='a'\nkind='dir'\npath='/x'\nallocation='thin'",
+            "[[pools]]\nname='a'\nkind='image'\npath='/x'\nallocation='lazy'",
+            "[[pools]]\nname='a'\nkind='image'\npath='/x'\ncapacity='1Zi'",
+            "[[pools]]\nname='a'\npath='/x'",
+        ] {
+            assert!(toml::from_str::<File>(bad).is_err(), "{bad}");
+        }
+        let f: File =
+            toml::from_str("[[pools]]\nname='a'\nkind='image'\npath='/x'\novercommit_ratio=2.0").unwrap();
+        assert!(f.pools[0].check().unwrap_err().contains("thin pools only"));
+        let f: File = toml::from_str(
+            "[[pools]]\nname='a'\nkind='image'\npath='/x'\nallocation='thin'\novercommit_ratio=0.5",
+        )
+        .unwrap();
+        assert!(f.pools[0].check().unwrap_err().contains("between"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10").unwrap(), 10);
+        assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
+        assert_eq!(parse_size("5G").unwrap(), 5_000_000_000);
+        assert!(parse_size("1.5Gi").is_err());
+        assert!(parse_size("Gi").is_err());
+        assert!(parse_size("1Pi").is_err());
+        assert!(parse_size("99999999999Ti").is_err());
+    }
+}

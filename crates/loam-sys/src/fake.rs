@@ -1,0 +1,437 @@
+//! A recording, in-memory [`Host`] for unit tests that need no root: it keeps its own mount table and loop
+//! devices, remembers what it formatted, records every call, and fails a chosen call with a chosen errno.
+//!
+//! It behaves like the kernel where the engine depends on it: a bind shows the source's directory at the
+//! target, a mount of an unformatted device fails with `EINVAL`, unmounting a path with nothing mounted fails
+//! with `EINVAL` and one with a mount beneath it with `EBUSY`, and detaching a loop device that is still mounted
+//! is deferred until its last unmount (the kernel's autoclear on `LOOP_CLR_FD`).
+
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
+
+use crate::{
+    host::{Host, LoopConfig, LoopDevice},
+    mountinfo::{MountInfo, MountTable},
+    statfs::FsStats,
+};
+
+/// Major number of loop devices, as on Linux.
+const LOOP_MAJOR: u32 = 7;
+
+#[derive(Debug)]
+struct Loop {
+    backing: PathBuf,
+    /// Detach asked for while mounted: goes away at the last unmount.
+    autoclear: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    mounts: Vec<MountInfo>,
+    next_mount_id: u32,
+    loops: BTreeMap<u32, Loop>,
+    /// Device path → filesystem type it was formatted with.
+    formatted: BTreeMap<PathBuf, String>,
+    statfs: Vec<(PathBuf, FsStats)>,
+    calls: Vec<String>,
+    /// (operation, calls of it still to let through, errno).
+    failures: Vec<(String, usize, i32)>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct FakeHost {
+    state: Mutex<State>,
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        let root = MountInfo {
+            mount_id: 1,
+            parent_id: 0,
+            major: 0,
+            minor: 1,
+            root: PathBuf::from("/"),
+            mount_point: PathBuf::from("/"),
+            mount_options: vec!["rw".into()],
+            optional_fields: vec![],
+            fs_type: "fakefs".into(),
+            source: "fake".into(),
+            super_options: vec![],
+        };
+        FakeHost {
+            state: Mutex::new(State {
+                mounts: vec![root],
+                next_mount_id: 2,
+                ..State::default()
+            }),
+        }
+    }
+}
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+impl FakeHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the next call of `op` (a [`Host`] method name, such as `"mkfs"`) fail with `errno`.
+    pub fn fail(&self, op: &str, errno: i32) {
+        self.fail_after(op, 0, errno);
+    }
+
+    /// Lets `skip` calls of `op` through, then fails the next one with `errno`.
+    pub fn fail_after(&self, op: &str, skip: usize, errno: i32) {
+        self.state().failures.push((op.to_owned(), skip, errno));
+    }
+
+    /// Every call so far, as `"<op> <arguments>"`, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    /// The calls of one operation, with their arguments.
+    pub fn calls_of(&self, op: &str) -> Vec<String> {
+        let prefix = format!("{op} ");
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with(&prefix) || c == op)
+            .collect()
+    }
+
+    /// Reports `stats` for every path under `path` (the longest matching override wins).
+    pub fn set_statfs(&self, path: &Path, stats: FsStats) {
+        let mut st = self.state();
+        st.statfs.retain(|(p, _)| p != path);
+        st.statfs.push((path.to_owned(), stats));
+    }
+
+    /// Loop devices attached now: (number, backing file).
+    pub fn loops(&self) -> Vec<(u32, PathBuf)> {
+        self.state()
+            .loops
+            .iter()
+            .map(|(n, l)| (*n, l.backing.clone()))
+            .collect()
+    }
+
+    /// Forgets every mount and loop device, as a reboot does (formatting stays: it is on the files).
+    pub fn reboot(&self) {
+        let mut st = self.state();
+        st.mounts.truncate(1);
+        st.loops.clear();
+    }
+
+    /// Records the call and returns the injected failure for it, if one is due.
+    fn enter(&self, st: &mut State, op: &str, args: String) -> io::Result<()> {
+        st.calls.push(if args.is_empty() {
+            op.to_owned()
+        } else {
+            format!("{op} {args}")
+        });
+        if let Some(i) = st.failures.iter().position(|(o, _, _)| o == op) {
+            let (_, skip, code) = &mut st.failures[i];
+            if *skip == 0 {
+                let code = *code;
+                st.failures.remove(i);
+                return Err(errno(code));
+            }
+            *skip -= 1;
+        }
+        Ok(())
+    }
+
+    fn push_mount(
+        st: &mut State,
+        major: u32,
+        minor: u32,
+        root: PathBuf,
+        target: &Path,
+        fs_type: &str,
+        ro: bool,
+    ) {
+        let parent_id = MountTable::new(st.mounts.clone())
+            .containing(target)
+            .map_or(1, |m| m.mount_id);
+        let id = st.next_mount_id;
+        st.next_mount_id += 1;
+        st.mounts.push(MountInfo {
+            mount_id: id,
+            parent_id,
+            major,
+            minor,
+            root,
+            mount_point: target.to_owned(),
+            mount_options: vec![if ro { "ro" } else { "rw" }.into()],
+            optional_fields: vec![],
+            fs_type: fs_type.to_owned(),
+            source: "fake".into(),
+            super_options: vec![],
+        });
+    }
+
+    fn loop_device(number: u32) -> LoopDevice {
+        LoopDevice {
+            number,
+            path: PathBuf::from(format!("/dev/loop{number}")),
+            major: LOOP_MAJOR,
+            minor: number,
+        }
+    }
+
+    fn loop_of(st: &State, device: &Path) -> Option<u32> {
+        let n: u32 = device.to_str()?.strip_prefix("/dev/loop")?.parse().ok()?;
+        st.loops.contains_key(&n).then_some(n)
+    }
+}
+
+impl Host for FakeHost {
+    fn mount_table(&self) -> io::Result<MountTable> {
+        let mut st = self.state();
+        self.enter(&mut st, "mount_table", String::new())?;
+        Ok(MountTable::new(st.mounts.clone()))
+    }
+
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "bind",
+            format!("{} {} ro={read_only}", source.display(), target.display()),
+        )?;
+        if std::fs::symlink_metadata(target).is_err() {
+            return Err(errno(libc::ENOENT));
+        }
+        let src = MountTable::new(st.mounts.clone())
+            .source_of(source)
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let fs_type = MountTable::new(st.mounts.clone())
+            .containing(source)
+            .map(|m| m.fs_type.clone())
+            .unwrap_or_default();
+        Self::push_mount(
+            &mut st, src.major, src.minor, src.root, target, &fs_type, read_only,
+        );
+        Ok(())
+    }
+
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+        read_only: bool,
+    ) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "mount",
+            format!(
+                "{} {} {fs_type} [{}] ro={read_only}",
+                device.display(),
+                target.display(),
+                options.join(",")
+            ),
+        )?;
+        let n = Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
+        if st.formatted.get(device).map(String::as_str) != Some(fs_type) {
+            return Err(errno(libc::EINVAL));
+        }
+        let ro = read_only || options.iter().any(|o| o == "ro");
+        Self::push_mount(&mut st, LOOP_MAJOR, n, PathBuf::from("/"), target, fs_type, ro);
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(&mut st, "unmount", target.display().to_string())?;
+        let Some(i) = st.mounts.iter().rposition(|m| m.mount_point == target) else {
+            return Err(errno(libc::EINVAL));
+        };
+        let id = st.mounts[i].mount_id;
+        if st.mounts.iter().any(|m| m.parent_id == id) {
+            return Err(errno(libc::EBUSY));
+        }
+        let gone = st.mounts.remove(i);
+        // A detached-while-mounted loop device goes away with its last mount.
+        if gone.major == LOOP_MAJOR
+            && !st
+                .mounts
+                .iter()
+                .any(|m| m.major == LOOP_MAJOR && m.minor == gone.minor)
+            && st.loops.get(&gone.minor).is_some_and(|l| l.autoclear)
+        {
+            st.loops.remove(&gone.minor);
+        }
+        Ok(())
+    }
+
+    fn statfs(&self, path: &Path) -> io::Result<FsStats> {
+        let mut st = self.state();
+        self.enter(&mut st, "statfs", path.display().to_string())?;
+        let over = st
+            .statfs
+            .iter()
+            .filter(|(p, _)| path.starts_with(p))
+            .max_by_key(|(p, _)| p.as_os_str().len())
+            .map(|(_, s)| *s);
+        drop(st);
+        match over {
+            Some(s) => Ok(s),
+            None => crate::statfs::statfs(path),
+        }
+    }
+
+    fn loop_attach(&self, file: &Path, cfg: &LoopConfig) -> io::Result<LoopDevice> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "loop_attach",
+            format!(
+                "{} dio={} bs={} ro={}",
+                file.display(),
+                cfg.direct_io,
+                cfg.block_size,
+                cfg.read_only
+            ),
+        )?;
+        if !std::fs::symlink_metadata(file).is_ok_and(|m| m.is_file()) {
+            return Err(errno(libc::ENOENT));
+        }
+        let n = (0..).find(|n| !st.loops.contains_key(n)).expect("a free number");
+        st.loops.insert(
+            n,
+            Loop {
+                backing: file.to_owned(),
+                autoclear: false,
+            },
+        );
+        Ok(Self::loop_device(n))
+    }
+
+    fn loop_find(&self, file: &Path) -> io::Result<Vec<LoopDevice>> {
+        let mut st = self.state();
+        self.enter(&mut st, "loop_find", file.display().to_string())?;
+        Ok(st
+            .loops
+            .iter()
+            .filter(|(_, l)| l.backing == file)
+            .map(|(n, _)| Self::loop_device(*n))
+            .collect())
+    }
+
+    fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(&mut st, "loop_detach", dev.path.display().to_string())?;
+        let mounted = st
+            .mounts
+            .iter()
+            .any(|m| m.major == LOOP_MAJOR && m.minor == dev.number);
+        if mounted {
+            if let Some(l) = st.loops.get_mut(&dev.number) {
+                l.autoclear = true;
+            }
+        } else {
+            st.loops.remove(&dev.number);
+        }
+        Ok(())
+    }
+
+    fn device_size(&self, device: &Path) -> io::Result<u64> {
+        let mut st = self.state();
+        self.enter(&mut st, "device_size", device.display().to_string())?;
+        let n = Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(std::fs::metadata(&st.loops[&n].backing)?.len())
+    }
+
+    fn signature(&self, device: &Path) -> io::Result<Option<String>> {
+        let mut st = self.state();
+        self.enter(&mut st, "signature", device.display().to_string())?;
+        Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(st.formatted.get(device).cloned())
+    }
+
+    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(&mut st, "mkfs", format!("{} {fs_type}", device.display()))?;
+        Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
+        st.formatted.insert(device.to_owned(), fs_type.to_owned());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_mounts_and_failures_behave_like_the_kernel() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        std::fs::write(&img, vec![0; 4096]).unwrap();
+        let (src, tgt) = (d.path().join("src"), d.path().join("tgt"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&tgt).unwrap();
+        let h = FakeHost::new();
+
+        h.bind(&src, &tgt, true).unwrap();
+        let t = h.mount_table().unwrap();
+        let top = t.top_mount_at(&tgt).unwrap();
+        assert!(top.is_read_only());
+        assert!(top.shows(&t.source_of(&src).unwrap()));
+        h.unmount(&tgt).unwrap();
+        assert_eq!(h.unmount(&tgt).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+
+        let dev = h
+            .loop_attach(
+                &img,
+                &LoopConfig {
+                    direct_io: true,
+                    block_size: 4096,
+                    read_only: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(dev.path, Path::new("/dev/loop0"));
+        assert_eq!(h.loop_find(&img).unwrap(), vec![dev.clone()]);
+        // Unformatted: the mount fails as the kernel's would.
+        assert_eq!(
+            h.mount(&dev.path, &tgt, "ext4", &[], false)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(h.signature(&dev.path).unwrap(), None);
+        h.fail("mkfs", libc::EIO);
+        assert_eq!(
+            h.mkfs(&dev.path, "ext4").unwrap_err().raw_os_error(),
+            Some(libc::EIO)
+        );
+        h.mkfs(&dev.path, "ext4").unwrap();
+        h.mount(&dev.path, &tgt, "ext4", &["noatime".into()], false)
+            .unwrap();
+        // Detach while mounted is deferred to the last unmount.
+        h.loop_detach(&dev).unwrap();
+        assert_eq!(h.loops().len(), 1);
+        h.fail_after("unmount", 0, libc::EBUSY);
+        assert_eq!(h.unmount(&tgt).unwrap_err().raw_os_error(), Some(libc::EBUSY));
+        h.unmount(&tgt).unwrap();
+        assert!(h.loops().is_empty());
+        assert_eq!(
+            h.calls_of("mkfs"),
+            ["mkfs /dev/loop0 ext4", "mkfs /dev/loop0 ext4"]
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! The one seam between the engine and the operating system's privileged calls: the mount table, bind mounts,
+//! filesystem mounts, unmounts, statfs, loop devices and formatting.
+//!
+//! The engine holds an `Arc<dyn Host>`. [`RealHost`] makes the real calls; [`crate::fake::FakeHost`] simulates
+//! them in memory, records every call and can fail a chosen one, so the engine's failure paths (mkfs fails after
+//! attach, mount fails after format, EBUSY on unmount) are unit-tested without root. Plain file work inside pool
+//! directories (records, image files, volume directories) is not behind the seam: it needs no privilege and is
+//! tested on real temporary directories.
+
+use std::{fmt, io, path::Path};
+
+pub use crate::loopdev::{LoopConfig, LoopDevice};
+use crate::{mountinfo::MountTable, statfs::FsStats};
+
+/// Every privileged operating-system call the engine makes.
+pub trait Host: Send + Sync + fmt::Debug {
+    /// The calling thread's mount table.
+    fn mount_table(&self) -> io::Result<MountTable>;
+    /// Bind-mounts `source` (a directory, or a device node onto a file) on `target`, read-only if asked.
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()>;
+    /// Mounts the filesystem on `device` at `target` (`options`: allow-listed CSI mount flags).
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+        read_only: bool,
+    ) -> io::Result<()>;
+    /// Unmounts the topmost mount at `target`.
+    fn unmount(&self, target: &Path) -> io::Result<()>;
+    /// Space and inodes of the filesystem holding `path`.
+    fn statfs(&self, path: &Path) -> io::Result<FsStats>;
+    /// Attaches `file` to a free loop device.
+    fn loop_attach(&self, file: &Path, cfg: &LoopConfig) -> io::Result<LoopDevice>;
+    /// The loop devices backed by `file` now.
+    fn loop_find(&self, file: &Path) -> io::Result<Vec<LoopDevice>>;
+    /// Detaches a loop device; one that is not attached counts as detached.
+    fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()>;
+    /// Size of a block device in bytes.
+    fn device_size(&self, device: &Path) -> io::Result<u64>;
+    /// The filesystem or partition-table signature on `device`, if any.
+    fn signature(&self, device: &Path) -> io::Result<Option<String>>;
+    /// Formats `device` with `fs_type` (ext4 or xfs).
+    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()>;
+}
+
+/// The real operating system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn mount_table(&self) -> io::Result<MountTable> {
+        MountTable::read_self()
+    }
+
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        crate::mount::bind(source, target, read_only)
+    }
+
+    fn mount(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+        read_only: bool,
+    ) -> io::Result<()> {
+        crate::mount::mount_fs(device, target, fs_type, options, read_only)
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        crate::mount::unmount(target)
+    }
+
+    fn statfs(&self, path: &Path) -> io::Result<FsStats> {
+        crate::statfs::statfs(path)
+    }
+
+    fn loop_attach(&self, file: &Path, cfg: &LoopConfig) -> io::Result<LoopDevice> {
+        crate::loopdev::attach(file, cfg)
+    }
+
+    fn loop_find(&self, file: &Path) -> io::Result<Vec<LoopDevice>> {
+        crate::loopdev::find(file)
+    }
+
+    fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()> {
+        crate::loopdev::detach(dev)
+    }
+
+    fn device_size(&self, device: &Path) -> io::Result<u64> {
+        crate::blockdev::size_bytes(device)
+    }
+
+    fn signature(&self, device: &Path) -> io::Result<Option<String>> {
+        crate::mkfs::signature(device)
+    }
+
+    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
+        crate::mkfs::make(device, fs_type)
+    }
+}
