@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Run the upstream CSI conformance suite (csi-sanity) against a local loam.
 #
-# Usage: csi-sanity/run.sh [mount|block] [extra csi-sanity args...]
+# Usage: csi-sanity/run.sh [mount|image|xfs|block] [extra csi-sanity args...]
+#
+# Modes: mount = filesystem volumes on a dir pool; image = filesystem volumes on
+# an image pool (ext4); xfs = the same formatted xfs; block = raw block volumes
+# on an image pool. Each uses params-<mode>.yaml; all pools are declared in
+# pools.toml.
 #
 # csi-sanity itself is NOT built or fetched here: install it separately from
 # kubernetes-csi/csi-test (cmd/csi-sanity) and put it on PATH.
@@ -20,7 +25,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '4p' "${BASH_SOURCE[0]}" | sed 's/^# //' >&2
+    sed -n '4,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +34,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 MODE=mount
 if [[ $# -gt 0 ]]; then
     case "$1" in
-        mount | block)
+        mount | image | xfs | block)
             MODE="$1"
             shift
             ;;
@@ -39,7 +44,7 @@ if [[ $# -gt 0 ]]; then
             ;;
         -*) ;; # no mode given: everything is passed to csi-sanity
         *)
-            echo "run.sh: unknown mode '$1' (expected 'mount' or 'block')" >&2
+            echo "run.sh: unknown mode '$1' (expected mount, image, xfs or block)" >&2
             usage
             exit 2
             ;;
@@ -47,6 +52,12 @@ if [[ $# -gt 0 ]]; then
 fi
 
 PARAMS="$HERE/params-$MODE.yaml"
+ACCESS=mount
+[[ "$MODE" == block ]] && ACCESS=block
+if [[ "$MODE" == xfs ]] && ! command -v mkfs.xfs >/dev/null 2>&1; then
+    echo "run.sh: mode xfs needs mkfs.xfs (Debian package xfsprogs)" >&2
+    exit 2
+fi
 SIZE="${LOAM_SANITY_SIZE:-1073741824}"
 if ! [[ "$SIZE" =~ ^[0-9]+$ ]]; then
     echo "run.sh: LOAM_SANITY_SIZE must be a number of bytes, got '$SIZE'" >&2
@@ -97,6 +108,11 @@ LOG="$W/loam.log"
 LOAM_PID=""
 
 # Lists mount points at or below $W (from this process's mount table).
+# shellcheck disable=SC2317
+loops_under_w() {
+    grep -l "^$W/" /sys/block/loop*/loop/backing_file 2>/dev/null | sed 's|/sys/block/\(loop[0-9]*\)/.*|/dev/\1|'
+}
+
 # (These functions only run from the EXIT trap; shellcheck < 0.10 flags them
 # as unreachable.)
 # shellcheck disable=SC2317
@@ -122,8 +138,13 @@ cleanup() {
     if [[ -n "$LOAM_PID" ]]; then
         wait "$LOAM_PID" 2>/dev/null
     fi
-    local left
+    local left loops
     left="$(mounts_under_w)"
+    loops="$(loops_under_w)"
+    if [[ -n "$loops" ]]; then
+        echo "run.sh: WARNING: loop devices still attached to files under $W: ${loops//$'\n'/ }" >&2
+        left="$left$loops"
+    fi
     if [[ -n "$left" ]]; then
         {
             echo "run.sh: WARNING: mounts remain under $W; leaving it in place:"
@@ -140,11 +161,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# The pools, inside the work dir: pools.toml names them relative to @W@.
+sed "s|@W@|$W|g" "$HERE/pools.toml" >"$W/pools.toml"
+
 echo "run.sh: mode=$MODE loam=$LOAM workdir=$W" >&2
 RUST_LOG="${RUST_LOG:-info}" "$LOAM" serve \
     --endpoint "unix://$SOCK" \
     --node-id sanity-node \
     --data-dir "$W/data" \
+    --config "$W/pools.toml" \
     >"$LOG" 2>&1 &
 LOAM_PID=$!
 
@@ -173,7 +198,7 @@ rc=0
     --csi.stagingdir="$W/staging" \
     --csi.testvolumesize="$SIZE" \
     --csi.testvolumeparameters="$PARAMS" \
-    --csi.testvolumeaccesstype="$MODE" \
+    --csi.testvolumeaccesstype="$ACCESS" \
     "$@" || rc=$?
 
 if [[ "$rc" -ne 0 ]]; then

@@ -398,7 +398,10 @@ impl Engine {
                 ),
             ));
         }
-        let fs_type = fs_types.first().map(|s| (*s).to_owned());
+        let asked_fs = fs_types.first().map(|s| (*s).to_owned());
+        let fs_type = asked_fs
+            .clone()
+            .or_else(|| (!block).then(|| pool.spec.default_fs_type().map(str::to_owned)).flatten());
         let vid = VolumeId::new(&self.node_tag, &pool.name, &req.name);
         let _guard = self.lock(&vid)?;
         let params = Self::own_parameters(&req.parameters);
@@ -439,7 +442,7 @@ impl Engine {
                             if rec.block { "block" } else { "mount" }
                         )));
                     }
-                    if fs_type.is_some() && rec.fs_type.is_some() && rec.fs_type != fs_type {
+                    if asked_fs.is_some() && rec.fs_type.is_some() && rec.fs_type != asked_fs {
                         return Err(conflict(format!(
                             "which was made with fs_type {}",
                             rec.fs_type.as_deref().unwrap_or_default()

@@ -331,16 +331,6 @@ fn identify(spec: &PoolSpec, known_dir: &Path) -> Result<Identified> {
         Ok(r) => return Ok(degraded(&r, format!("{} is not a directory", r.display()))),
         Err(e) => return Ok(degraded(path, format!("cannot resolve {}: {e}", path.display()))),
     };
-    let lock = match LockFile::acquire(&root.join(LOCK_FILE)) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return Err(Error::PoolUnusable {
-                pool: name.to_owned(),
-                reason: format!("it is served by another loam: {e}; stop that server first"),
-            });
-        }
-        Err(e) => return Ok(degraded(&root, format!("cannot lock {}: {e}", root.display()))),
-    };
     let marker_path = root.join(MARKER_FILE);
     let marker: Option<Marker> = read_json(&marker_path);
     if marker.is_none() && marker_path.exists() {
@@ -352,70 +342,72 @@ fn identify(spec: &PoolSpec, known_dir: &Path) -> Result<Identified> {
             ),
         ));
     }
-    let ok = |m: Marker| Identified {
-        root: root.clone(),
-        uuid: Some(m.uuid),
-        lock: None,
-        degraded: None,
-    };
-    let mut id = match (marker, &known) {
-        (Some(m), _) if m.name != name => degraded(
-            &root,
-            format!(
-                "{} holds pool {:?}, not {name:?}: is the right disk mounted there?",
-                root.display(),
-                m.name
-            ),
-        ),
-        (Some(m), _) if m.kind != spec.kind() => degraded(
-            &root,
-            format!(
-                "{} holds a pool of kind {}, but it is configured as kind {}",
-                root.display(),
-                m.kind,
-                spec.kind()
-            ),
-        ),
-        (Some(m), Some(k)) if m.uuid != k.uuid => degraded(
-            &root,
-            format!(
-                "the marker at {} says pool id {}, but this node knows pool {name} as {}: a different disk?",
-                root.display(),
-                m.uuid,
-                k.uuid
-            ),
-        ),
-        (Some(m), Some(_)) => ok(m),
-        (Some(m), None) => {
-            // A pool this node has not seen (a new data dir, or a disk moved here): adopt it as it says.
-            remember(known_dir, &known_file, &m)?;
-            ok(m)
-        }
-        (None, Some(_)) => degraded(
-            &root,
-            format!(
-                "marker {MARKER_FILE} missing at {}: is the disk mounted?",
-                root.display()
-            ),
-        ),
-        (None, None) => {
-            let m = Marker {
+    // Identity is decided before anything is written at the root, so a wrong disk gets nothing, not even a lock
+    // file. `Ok((marker, remember))`: the pool is this one.
+    let verdict: std::result::Result<(Marker, bool), String> = match (marker, &known) {
+        (Some(m), _) if m.name != name => Err(format!(
+            "{} holds pool {:?}, not {name:?}: is the right disk mounted there?",
+            root.display(),
+            m.name
+        )),
+        (Some(m), _) if m.kind != spec.kind() => Err(format!(
+            "{} holds a pool of kind {}, but it is configured as kind {}",
+            root.display(),
+            m.kind,
+            spec.kind()
+        )),
+        (Some(m), Some(k)) if m.uuid != k.uuid => Err(format!(
+            "the marker at {} says pool id {}, but this node knows pool {name} as {}: a different disk?",
+            root.display(),
+            m.uuid,
+            k.uuid
+        )),
+        (Some(m), Some(_)) => Ok((m, false)),
+        // A pool this node has not seen (a new data dir, or a disk moved here): adopted as it says.
+        (Some(m), None) => Ok((m, true)),
+        (None, Some(_)) => Err(format!(
+            "marker {MARKER_FILE} missing at {}: is the disk mounted?",
+            root.display()
+        )),
+        // First use.
+        (None, None) => Ok((
+            Marker {
                 name: name.to_owned(),
                 kind: spec.kind(),
                 uuid: uuid::Uuid::new_v4().to_string(),
-            };
-            let data = serde_json::to_vec_pretty(&m).expect("a marker serializes");
-            if let Err(e) = loam_sys::fs::write_atomic(&root, MARKER_FILE, &data) {
-                return Ok(degraded(&root, format!("cannot write its marker: {e}")));
-            }
-            remember(known_dir, &known_file, &m)?;
-            ok(m)
-        }
+            },
+            true,
+        )),
     };
-    if id.degraded.is_none() {
-        id.lock = Some(lock);
+    let (m, is_new) = match verdict {
+        Ok(v) => v,
+        Err(why) => return Ok(degraded(&root, why)),
+    };
+    let lock = match LockFile::acquire(&root.join(LOCK_FILE)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return Err(Error::PoolUnusable {
+                pool: name.to_owned(),
+                reason: format!("it is served by another loam: {e}; stop that server first"),
+            });
+        }
+        Err(e) => return Ok(degraded(&root, format!("cannot lock {}: {e}", root.display()))),
+    };
+    if !marker_path.exists() {
+        let data = serde_json::to_vec_pretty(&m).expect("a marker serializes");
+        if let Err(e) = loam_sys::fs::write_atomic(&root, MARKER_FILE, &data) {
+            return Ok(degraded(&root, format!("cannot write its marker: {e}")));
+        }
     }
-    Ok(id)
+    if is_new {
+        remember(known_dir, &known_file, &m)?;
+    }
+    Ok(Identified {
+        root,
+        uuid: Some(m.uuid),
+        lock: Some(lock),
+        degraded: None,
+    })
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {

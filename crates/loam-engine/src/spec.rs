@@ -47,6 +47,9 @@ pub struct ImageSpec {
     /// How far a thin pool may promise beyond what its filesystem holds (1.0: not at all). Thick pools take none.
     #[serde(default)]
     pub overcommit_ratio: Option<f64>,
+    /// Filesystem for volumes whose request names none (default ext4).
+    #[serde(default)]
+    pub fs_type: Option<String>,
 }
 
 /// How an image file takes its space.
@@ -101,6 +104,7 @@ impl PoolSpec {
             capacity: None,
             allocation: Allocation::Thick,
             overcommit_ratio: None,
+            fs_type: None,
         })
     }
 
@@ -151,8 +155,25 @@ impl PoolSpec {
         }
     }
 
+    /// The filesystem a volume gets when its request names none, if the pool sets one.
+    pub fn default_fs_type(&self) -> Option<&str> {
+        match self {
+            PoolSpec::Image(s) => s.fs_type.as_deref(),
+            PoolSpec::Dir(_) => None,
+        }
+    }
+
     /// Settings that contradict each other, named so the admin can fix the file.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(fs) = self.default_fs_type()
+            && !crate::capability::FS_TYPES.contains(&fs)
+        {
+            return Err(format!(
+                "pool {}: fs_type {fs:?} is not one loam formats with; use {}",
+                self.name(),
+                crate::capability::FS_TYPES.join(" or ")
+            ));
+        }
         if let PoolSpec::Image(s) = self
             && let Some(r) = s.overcommit_ratio
         {
@@ -250,6 +271,7 @@ mod tests {
             capacity = 1000
             allocation = "thin"
             overcommit_ratio = 1.5
+            fs_type = "xfs"
             "#,
         )
         .unwrap();
@@ -257,6 +279,7 @@ mod tests {
         assert_eq!(f.pools[1].kind(), PoolKind::Image);
         assert_eq!(f.pools[1].capacity(), Some(1000));
         assert_eq!(f.pools[1].overcommit_ratio(), 1.5);
+        assert_eq!(f.pools[1].default_fs_type(), Some("xfs"));
         assert!(f.pools[1].check().is_ok());
         let thick: File = toml::from_str("[[pools]]\nname='c'\nkind='image'\npath='/c'").unwrap();
         assert_eq!(thick.pools[0], PoolSpec::image("c", "/c"));
@@ -281,6 +304,8 @@ mod tests {
         )
         .unwrap();
         assert!(f.pools[0].check().unwrap_err().contains("between"));
+        let f: File = toml::from_str("[[pools]]\nname='a'\nkind='image'\npath='/x'\nfs_type='btrfs'").unwrap();
+        assert!(f.pools[0].check().unwrap_err().contains("ext4 or xfs"));
     }
 
     #[test]

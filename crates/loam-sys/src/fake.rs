@@ -34,7 +34,7 @@ struct State {
     mounts: Vec<MountInfo>,
     next_mount_id: u32,
     loops: BTreeMap<u32, Loop>,
-    /// Device path → filesystem type it was formatted with.
+    /// Backing file → filesystem type it was formatted with (the format lives on the file, across detaches).
     formatted: BTreeMap<PathBuf, String>,
     statfs: Vec<(PathBuf, FsStats)>,
     calls: Vec<String>,
@@ -194,6 +194,13 @@ impl FakeHost {
         let n: u32 = device.to_str()?.strip_prefix("/dev/loop")?.parse().ok()?;
         st.loops.contains_key(&n).then_some(n)
     }
+
+    /// The backing file of an attached loop device, or ENOENT.
+    fn backing_of(st: &State, device: &Path) -> io::Result<PathBuf> {
+        Self::loop_of(st, device)
+            .map(|n| st.loops[&n].backing.clone())
+            .ok_or_else(|| errno(libc::ENOENT))
+    }
 }
 
 impl Host for FakeHost {
@@ -246,7 +253,7 @@ impl Host for FakeHost {
             ),
         )?;
         let n = Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
-        if st.formatted.get(device).map(String::as_str) != Some(fs_type) {
+        if st.formatted.get(&st.loops[&n].backing).map(String::as_str) != Some(fs_type) {
             return Err(errno(libc::EINVAL));
         }
         let ro = read_only || options.iter().any(|o| o == "ro");
@@ -352,22 +359,22 @@ impl Host for FakeHost {
     fn device_size(&self, device: &Path) -> io::Result<u64> {
         let mut st = self.state();
         self.enter(&mut st, "device_size", device.display().to_string())?;
-        let n = Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
-        Ok(std::fs::metadata(&st.loops[&n].backing)?.len())
+        let file = Self::backing_of(&st, device)?;
+        Ok(std::fs::metadata(file)?.len())
     }
 
     fn signature(&self, device: &Path) -> io::Result<Option<String>> {
         let mut st = self.state();
         self.enter(&mut st, "signature", device.display().to_string())?;
-        Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
-        Ok(st.formatted.get(device).cloned())
+        let file = Self::backing_of(&st, device)?;
+        Ok(st.formatted.get(&file).cloned())
     }
 
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         let mut st = self.state();
         self.enter(&mut st, "mkfs", format!("{} {fs_type}", device.display()))?;
-        Self::loop_of(&st, device).ok_or_else(|| errno(libc::ENOENT))?;
-        st.formatted.insert(device.to_owned(), fs_type.to_owned());
+        let file = Self::backing_of(&st, device)?;
+        st.formatted.insert(file, fs_type.to_owned());
         Ok(())
     }
 }

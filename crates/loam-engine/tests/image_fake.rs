@@ -1,0 +1,466 @@
+//! Image pools and the node code on the recording fake host: every failure path (mkfs fails after attach, mount
+//! fails after format, EBUSY on unmount), restarts and reboots, without root. Image files, records and staging
+//! directories are real files in a temp dir; mounts and loop devices are the fake's.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use loam_engine::{
+    Engine, EngineConfig, Error,
+    spec::PoolSpec,
+    types::{AccessMode, AccessType, Capability, CreateRequest, PublishRequest, StageRequest},
+};
+use loam_sys::{fake::FakeHost, host::Host};
+
+const MIB: u64 = 1 << 20;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    host: Arc<FakeHost>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        Setup {
+            _dir: dir,
+            root,
+            host: Arc::new(FakeHost::new()),
+        }
+    }
+
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            node_id: "node-a".into(),
+            topology_key: "loam.csi/node".into(),
+            extra_topology: BTreeMap::new(),
+            pools: vec![
+                PoolSpec::image("img", self.root.join("img")).with_capacity(Some(100 * MIB)),
+                PoolSpec::dir("dir", self.root.join("dir")).with_capacity(Some(100 * MIB)),
+            ],
+            default_pool: "img".into(),
+            max_volumes_per_node: 0,
+            state_dir: self.root.join("node"),
+            host: self.host.clone(),
+        }
+    }
+
+    fn open(&self) -> Engine {
+        Engine::open(self.config()).unwrap()
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        let p = self.root.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn image(&self, id: &str) -> PathBuf {
+        let hex = id.rsplit('_').next().unwrap();
+        self.root.join("img/volumes").join(format!("{hex}.img"))
+    }
+
+    fn count(&self, op: &str) -> usize {
+        self.host.calls_of(op).len()
+    }
+}
+
+fn mount_cap(fs_type: &str) -> Capability {
+    Capability {
+        access: AccessType::Mount {
+            fs_type: fs_type.into(),
+            mount_flags: vec![],
+        },
+        mode: AccessMode::SingleNodeWriter,
+    }
+}
+
+fn block_cap() -> Capability {
+    Capability {
+        access: AccessType::Block,
+        mode: AccessMode::SingleNodeMultiWriter,
+    }
+}
+
+fn create(e: &Engine, name: &str, size: u64, cap: Capability) -> String {
+    e.create_volume(&CreateRequest {
+        name: name.into(),
+        required_bytes: size,
+        capabilities: vec![cap],
+        ..Default::default()
+    })
+    .unwrap()
+    .id
+}
+
+fn stage(e: &Engine, id: &str, staging: &Path, cap: &Capability) -> loam_engine::Result<()> {
+    e.stage(&StageRequest {
+        volume_id: id.into(),
+        staging_path: staging.into(),
+        capability: cap.clone(),
+    })
+}
+
+fn publish(e: &Engine, id: &str, staging: &Path, target: &Path, cap: &Capability) -> loam_engine::Result<()> {
+    e.publish(&PublishRequest {
+        volume_id: id.into(),
+        staging_path: staging.into(),
+        target_path: target.into(),
+        capability: cap.clone(),
+        read_only: false,
+    })
+}
+
+#[test]
+fn filesystem_volume_is_formatted_once_mounted_and_bind_published() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = mount_cap("");
+    let id = create(&e, "fs", 10 * MIB + 1, cap.clone());
+    let vol = e.get_volume(&id).unwrap();
+    assert_eq!(
+        vol.capacity_bytes,
+        10 * MIB + 4096,
+        "rounded up to the 4096-byte block"
+    );
+    let img = s.image(&id);
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), vol.capacity_bytes);
+    let staging = s.dir("staging");
+    let target = s.dir("pod").join("mount");
+    stage(&e, &id, &staging, &cap).unwrap();
+    publish(&e, &id, &staging, &target, &cap).unwrap();
+    assert_eq!(
+        s.host.calls_of("loop_attach"),
+        [format!("loop_attach {} dio=true bs=4096 ro=false", img.display())]
+    );
+    assert_eq!(s.host.calls_of("mkfs"), ["mkfs /dev/loop0 ext4"]);
+    assert_eq!(
+        s.host.calls_of("mount"),
+        [format!("mount /dev/loop0 {} ext4 [] ro=false", staging.display())]
+    );
+    assert_eq!(
+        s.host.calls_of("bind"),
+        [format!(
+            "bind {} {} ro=false",
+            staging.display(),
+            target.display()
+        )]
+    );
+    // Repeats add nothing.
+    for _ in 0..3 {
+        stage(&e, &id, &staging, &cap).unwrap();
+        publish(&e, &id, &staging, &target, &cap).unwrap();
+    }
+    assert_eq!(
+        (
+            s.count("loop_attach"),
+            s.count("mkfs"),
+            s.count("mount"),
+            s.count("bind")
+        ),
+        (1, 1, 1, 1)
+    );
+    assert!(e.stats(&id, &target).unwrap().inodes.is_some());
+    // Delete while in use is refused, with where.
+    match e.delete_volume(&id) {
+        Err(Error::Precondition(m)) => assert!(m.contains(staging.to_str().unwrap()), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    e.unpublish(&id, &target).unwrap();
+    assert!(!target.exists(), "unpublish removes the target it made");
+    e.unstage(&id, &staging).unwrap();
+    assert!(
+        s.host.loops().is_empty(),
+        "unstage detaches once nothing uses the device"
+    );
+    e.unstage(&id, &staging).unwrap();
+    e.delete_volume(&id).unwrap();
+    assert!(!img.exists());
+}
+
+#[test]
+fn xfs_is_formatted_when_asked_and_a_volume_is_never_reformatted() {
+    let s = Setup::new();
+    let e = s.open();
+    let id = create(&e, "x", 10 * MIB, mount_cap("xfs"));
+    let staging = s.dir("staging");
+    stage(&e, &id, &staging, &mount_cap("xfs")).unwrap();
+    assert_eq!(s.host.calls_of("mkfs"), ["mkfs /dev/loop0 xfs"]);
+    e.unstage(&id, &staging).unwrap();
+    // Asking for another filesystem later is refused as the volume was made with xfs.
+    match stage(&e, &id, &staging, &mount_cap("ext4")) {
+        Err(Error::Precondition(m)) => assert!(m.contains("xfs"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // No fs_type: the filesystem it holds is used.
+    stage(&e, &id, &staging, &mount_cap("")).unwrap();
+    assert_eq!(s.count("mkfs"), 1);
+    assert!(s.host.calls_of("mount").last().unwrap().contains(" xfs "));
+}
+
+#[test]
+fn mkfs_failing_after_attach_leaves_nothing_attached() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = mount_cap("");
+    let id = create(&e, "v", 10 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    s.host.fail("mkfs", libc::EIO);
+    match stage(&e, &id, &staging, &cap) {
+        Err(Error::Io { op, .. }) => assert!(op.contains("formatting /dev/loop0 as ext4"), "{op}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.host.loops().is_empty(), "the loop device is detached again");
+    assert_eq!(s.count("mount"), 0);
+    stage(&e, &id, &staging, &cap).unwrap();
+    assert_eq!(s.count("mkfs"), 2);
+    assert_eq!(s.host.loops().len(), 1);
+}
+
+#[test]
+fn mount_failing_after_format_detaches_and_the_retry_does_not_reformat() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = mount_cap("");
+    let id = create(&e, "v", 10 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    s.host.fail("mount", libc::EINVAL);
+    assert!(matches!(stage(&e, &id, &staging, &cap), Err(Error::Io { .. })));
+    assert!(s.host.loops().is_empty());
+    assert!(!s.host.mount_table().unwrap().is_mount_point(&staging));
+    stage(&e, &id, &staging, &cap).unwrap();
+    assert_eq!(
+        s.count("mkfs"),
+        1,
+        "the filesystem made before the failed mount is kept"
+    );
+    assert_eq!(s.count("mount"), 2);
+}
+
+#[test]
+fn busy_unmount_keeps_the_volume_staged_and_attached_until_a_retry() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = mount_cap("");
+    let id = create(&e, "v", 10 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    stage(&e, &id, &staging, &cap).unwrap();
+    s.host.fail("unmount", libc::EBUSY);
+    match e.unstage(&id, &staging) {
+        Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::EBUSY)),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.host.mount_table().unwrap().is_mount_point(&staging));
+    assert_eq!(s.host.loops().len(), 1, "never detached under a mount");
+    e.unstage(&id, &staging).unwrap();
+    assert!(s.host.loops().is_empty());
+}
+
+#[test]
+fn block_volume_is_bound_onto_files_at_staging_and_targets() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = block_cap();
+    let id = create(&e, "b", 8 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    let (t1, t2) = (s.dir("pod1").join("dev"), s.dir("pod2").join("dev"));
+    stage(&e, &id, &staging, &cap).unwrap();
+    let staged = staging.join(&id);
+    assert!(std::fs::metadata(&staged).unwrap().is_file());
+    publish(&e, &id, &staging, &t1, &cap).unwrap();
+    publish(&e, &id, &staging, &t2, &cap).unwrap();
+    publish(&e, &id, &staging, &t2, &cap).unwrap();
+    assert_eq!(
+        s.host.calls_of("bind"),
+        [
+            format!("bind /dev/loop0 {} ro=false", staged.display()),
+            format!("bind /dev/loop0 {} ro=false", t1.display()),
+            format!("bind /dev/loop0 {} ro=false", t2.display()),
+        ]
+    );
+    assert_eq!(
+        s.count("mkfs") + s.count("mount"),
+        0,
+        "block volumes are never formatted"
+    );
+    let st = e.stats(&id, &t1).unwrap();
+    assert_eq!((st.bytes.total, st.inodes), (8 * MIB, None));
+    // The volume holds no filesystem to mount.
+    assert!(matches!(
+        stage(&e, &id, &staging, &mount_cap("")),
+        Err(Error::Precondition(_))
+    ));
+    match e.unstage(&id, &staging) {
+        Err(Error::Precondition(m)) => assert!(m.contains("published"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    e.unpublish(&id, &t1).unwrap();
+    e.unpublish(&id, &t2).unwrap();
+    assert!(!t1.exists() && !t2.exists());
+    e.unstage(&id, &staging).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "the staging directory is left empty"
+    );
+    assert!(s.host.loops().is_empty());
+}
+
+#[test]
+fn a_restart_finds_the_attachment_and_a_reboot_reattaches_without_reformatting() {
+    let s = Setup::new();
+    let cap = mount_cap("");
+    let staging = s.dir("staging");
+    let target = s.dir("pod").join("mount");
+    let id = {
+        let e = s.open();
+        let id = create(&e, "v", 10 * MIB, cap.clone());
+        stage(&e, &id, &staging, &cap).unwrap();
+        publish(&e, &id, &staging, &target, &cap).unwrap();
+        id
+    };
+    // Restart: same mounts and devices; repeats add nothing.
+    let e = s.open();
+    stage(&e, &id, &staging, &cap).unwrap();
+    publish(&e, &id, &staging, &target, &cap).unwrap();
+    assert_eq!(
+        (s.count("loop_attach"), s.count("mount"), s.count("bind")),
+        (1, 1, 1)
+    );
+    drop(e);
+    // Reboot: no mounts, no loop devices; the format is on the file.
+    s.host.reboot();
+    let e = s.open();
+    stage(&e, &id, &staging, &cap).unwrap();
+    publish(&e, &id, &staging, &target, &cap).unwrap();
+    assert_eq!(
+        (s.count("loop_attach"), s.count("mkfs"), s.count("mount")),
+        (2, 1, 2)
+    );
+    e.unpublish(&id, &target).unwrap();
+    e.unstage(&id, &staging).unwrap();
+    e.delete_volume(&id).unwrap();
+    assert!(s.host.loops().is_empty());
+}
+
+#[test]
+fn delete_detaches_a_leftover_attachment() {
+    let s = Setup::new();
+    let e = s.open();
+    let id = create(&e, "v", 10 * MIB, mount_cap(""));
+    let img = s.image(&id);
+    // Attached but not mounted (an interrupted stage on a crashed server).
+    s.host
+        .loop_attach(
+            &img,
+            &loam_sys::host::LoopConfig {
+                direct_io: true,
+                block_size: 4096,
+                read_only: false,
+            },
+        )
+        .unwrap();
+    e.delete_volume(&id).unwrap();
+    assert!(s.host.loops().is_empty());
+    assert!(!img.exists());
+}
+
+#[test]
+fn capabilities_off_the_allow_list_are_invalid_everywhere() {
+    let s = Setup::new();
+    let e = s.open();
+    let flagged = |flags: &[&str]| Capability {
+        access: AccessType::Mount {
+            fs_type: String::new(),
+            mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+        },
+        mode: AccessMode::SingleNodeWriter,
+    };
+    let bad = [mount_cap("btrfs"), flagged(&["user_xattr"])];
+    for cap in &bad {
+        match e.create_volume(&CreateRequest {
+            name: "bad".into(),
+            required_bytes: MIB,
+            capabilities: vec![cap.clone()],
+            ..Default::default()
+        }) {
+            Err(Error::Invalid { reason, .. }) => assert!(reason.contains("pool img"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            e.capacity(&BTreeMap::new(), std::slice::from_ref(cap), None)
+                .unwrap()
+                .available_bytes,
+            0
+        );
+    }
+    let id = create(&e, "ok", MIB, flagged(&["noatime", "discard"]));
+    let staging = s.dir("staging");
+    for cap in &bad {
+        assert!(matches!(
+            stage(&e, &id, &staging, cap),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(
+            e.validate_capabilities(&id, std::slice::from_ref(cap), &BTreeMap::new())
+                .unwrap()
+                .is_some()
+        );
+    }
+    stage(&e, &id, &staging, &flagged(&["noatime", "discard"])).unwrap();
+    assert!(s.host.calls_of("mount")[0].contains("[noatime,discard]"));
+    // Block on a dir pool names the kind that can.
+    let params = BTreeMap::from([("pool".to_owned(), "dir".to_owned())]);
+    match e.create_volume(&CreateRequest {
+        name: "blk".into(),
+        required_bytes: MIB,
+        capabilities: vec![block_cap()],
+        parameters: params,
+        ..Default::default()
+    }) {
+        Err(Error::Invalid { reason, .. }) => assert!(reason.contains("kind image"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn thick_images_are_allocated_and_thin_ones_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Setup::new();
+    let mut cfg = s.config();
+    cfg.pools.push(PoolSpec::Image(loam_engine::spec::ImageSpec {
+        name: "thin".into(),
+        path: s.root.join("thin"),
+        capacity: None,
+        allocation: loam_engine::spec::Allocation::Thin,
+        overcommit_ratio: None,
+        fs_type: None,
+    }));
+    let e = Engine::open(cfg).unwrap();
+    let thick = create(&e, "thick", 8 * MIB, mount_cap(""));
+    let thin = e
+        .create_volume(&CreateRequest {
+            name: "thin".into(),
+            required_bytes: 8 * MIB,
+            capabilities: vec![mount_cap("")],
+            parameters: BTreeMap::from([("pool".to_owned(), "thin".to_owned())]),
+            ..Default::default()
+        })
+        .unwrap()
+        .id;
+    let thick_m = std::fs::metadata(s.image(&thick)).unwrap();
+    assert!(
+        thick_m.blocks() * 512 >= 8 * MIB,
+        "thick: {} blocks",
+        thick_m.blocks()
+    );
+    let hex = thin.rsplit('_').next().unwrap();
+    let thin_m = std::fs::metadata(s.root.join(format!("thin/volumes/{hex}.img"))).unwrap();
+    assert_eq!(thin_m.len(), 8 * MIB);
+    assert!(thin_m.blocks() * 512 < MIB, "thin: {} blocks", thin_m.blocks());
+}
