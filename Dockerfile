@@ -23,7 +23,11 @@ RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs \
  && target/release/loam --version | grep '^loam '
 
 FROM docker.io/library/debian:bookworm-slim
-# dir pools need nothing beyond the binary and the kernel; the filesystem tools of later pool kinds go here.
+# Exactly what the pool kinds run: mkfs.ext4 (e2fsprogs) and mkfs.xfs (xfsprogs) to format image volumes,
+# blkid (util-linux) to see whether one already holds a filesystem. Loop devices need no tool (ioctls).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends e2fsprogs xfsprogs util-linux \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/loam /usr/bin/loam
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="loam" \

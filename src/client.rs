@@ -637,12 +637,24 @@ async fn info(c: &Conn, out: Output) -> anyhow::Result<()> {
             ("name", info.name.clone()),
             ("vendor_version", info.vendor_version.clone()),
         ];
-        if !info.manifest.is_empty() {
-            rows.push(("manifest", pairs(&info.manifest)));
+        let other: HashMap<String, String> = info
+            .manifest
+            .iter()
+            .filter(|(k, _)| !k.starts_with("pool/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !other.is_empty() {
+            rows.push(("manifest", pairs(&other)));
         }
         rows.push(("capabilities", list_or_dash(capabilities.iter().cloned())));
         rows.push(("ready", ready.to_string()));
         print_block(&rows);
+        // loam puts each pool's state in the manifest as `pool/<name>`: one line each, easier to read.
+        for (k, v) in sorted(&info.manifest) {
+            if let Some(pool) = k.strip_prefix("pool/") {
+                println!("pool {pool}: {v}");
+            }
+        }
     })
 }
 

@@ -90,6 +90,12 @@ fn controller_and_identity_commands() {
     assert_eq!(info["name"], "loam.csi");
     assert_eq!(info["vendor_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["ready"], true);
+    let pool = info["manifest"]["pool/default"]
+        .as_str()
+        .expect("the default pool's state");
+    assert!(pool.starts_with("ready: kind dir, 0 volumes"), "{pool}");
+    let text = s.text(&["info"]);
+    assert!(text.contains("pool default: ready: kind dir"), "{text}");
     let plugin_caps = info["capabilities"].as_array().expect("capabilities");
     assert!(plugin_caps.contains(&"CONTROLLER_SERVICE".into()), "{info}");
     assert!(

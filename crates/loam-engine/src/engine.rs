@@ -399,9 +399,11 @@ impl Engine {
             ));
         }
         let asked_fs = fs_types.first().map(|s| (*s).to_owned());
-        let fs_type = asked_fs
-            .clone()
-            .or_else(|| (!block).then(|| pool.spec.default_fs_type().map(str::to_owned)).flatten());
+        let fs_type = asked_fs.clone().or_else(|| {
+            (!block)
+                .then(|| pool.spec.default_fs_type().map(str::to_owned))
+                .flatten()
+        });
         let vid = VolumeId::new(&self.node_tag, &pool.name, &req.name);
         let _guard = self.lock(&vid)?;
         let params = Self::own_parameters(&req.parameters);

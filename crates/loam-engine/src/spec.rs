@@ -304,7 +304,8 @@ mod tests {
         )
         .unwrap();
         assert!(f.pools[0].check().unwrap_err().contains("between"));
-        let f: File = toml::from_str("[[pools]]\nname='a'\nkind='image'\npath='/x'\nfs_type='btrfs'").unwrap();
+        let f: File =
+            toml::from_str("[[pools]]\nname='a'\nkind='image'\npath='/x'\nfs_type='btrfs'").unwrap();
         assert!(f.pools[0].check().unwrap_err().contains("ext4 or xfs"));
     }
 

@@ -1,7 +1,12 @@
 //! `dir` pools: a volume is a directory in the pool. Sizes are accounted by the engine, not enforced here (the
 //! quota-aware dir pool enforces them where the filesystem has project quota).
 
-use std::path::PathBuf;
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use super::{Attachment, Backend, ProvisionSpec, Usage};
 use crate::{
@@ -15,15 +20,27 @@ use crate::{
 /// fsGroup on top (CSIDriver fsGroupPolicy: File). The parent directory is private to root.
 const VOLUME_DIR_MODE: u32 = 0o777;
 
+/// How long a measured usage counts for capacity: measuring walks the volume's tree.
+const WRITTEN_TTL: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 pub struct DirBackend {
     volumes: PathBuf,
+    /// Bytes each volume had written when last measured, and when.
+    written: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl DirBackend {
     /// `volumes` is the pool's `volumes/` directory.
     pub fn new(volumes: PathBuf) -> Self {
-        DirBackend { volumes }
+        DirBackend {
+            volumes,
+            written: Mutex::default(),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, u64)>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn path(&self, stem: &str) -> PathBuf {
@@ -63,6 +80,7 @@ impl Backend for DirBackend {
     }
 
     fn destroy(&self, stem: &str) -> Result<()> {
+        self.cache().remove(stem);
         loam_sys::fs::remove_tree_beneath(&self.volumes, stem)
             .ctx(|| format!("removing directory {}", self.path(stem).display()))
     }
@@ -83,8 +101,15 @@ impl Backend for DirBackend {
     }
 
     fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64 {
+        if let Some((at, bytes)) = self.cache().get(stem)
+            && at.elapsed() < WRITTEN_TTL
+        {
+            return (*bytes).min(capacity_bytes);
+        }
         // Unmeasurable counts as nothing written: the whole size stays held back.
-        self.usage(stem).map_or(0, |u| u.bytes.min(capacity_bytes))
+        let bytes = self.usage(stem).map_or(0, |u| u.bytes);
+        self.cache().insert(stem.to_owned(), (Instant::now(), bytes));
+        bytes.min(capacity_bytes)
     }
 
     fn backings(&self) -> Result<Vec<String>> {
