@@ -626,6 +626,24 @@ impl Engine {
                 .any(|m| m.mount_point == path)
         });
         if !shown {
+            // A mount loam made for this volume that no longer shows its backing: the image file was deleted or
+            // replaced under a mounted loop device. Say so rather than "not here".
+            if table.is_mount_point(path) && self.notes.get(path).is_some_and(|n| n.volume_id == volume_id) {
+                let why = pool.backend.check(&stem, rec.capacity_bytes).unwrap_or_else(|| {
+                    format!(
+                        "the device mounted at {} is no longer attached to the volume's backing",
+                        path.display()
+                    )
+                });
+                return Ok(VolumeStats {
+                    bytes: UsageRow {
+                        total: rec.capacity_bytes,
+                        ..UsageRow::default()
+                    },
+                    inodes: None,
+                    abnormal: Some(why),
+                });
+            }
             return Err(Error::NotAtPath {
                 id: volume_id.to_owned(),
                 path: path.to_owned(),

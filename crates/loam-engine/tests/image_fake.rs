@@ -464,3 +464,30 @@ fn thick_images_are_allocated_and_thin_ones_sparse() {
     assert_eq!(thin_m.len(), 8 * MIB);
     assert!(thin_m.blocks() * 512 < MIB, "thin: {} blocks", thin_m.blocks());
 }
+
+#[test]
+fn a_backing_file_gone_under_a_mounted_volume_is_abnormal_in_stats_and_get() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = mount_cap("");
+    let id = create(&e, "v", 10 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    let target = s.dir("pod").join("mount");
+    stage(&e, &id, &staging, &cap).unwrap();
+    publish(&e, &id, &staging, &target, &cap).unwrap();
+    assert!(e.stats(&id, &target).unwrap().abnormal.is_none());
+    // Someone removes the image file and puts another in its place; the loop device keeps the old one.
+    let img = s.image(&id);
+    std::fs::remove_file(&img).unwrap();
+    std::fs::write(&img, b"x").unwrap();
+    s.host.unlink_backing(&img);
+    let st = e.stats(&id, &target).unwrap();
+    let why = st.abnormal.expect("abnormal");
+    assert!(why.contains("is 1 bytes, not its"), "{why}");
+    assert_eq!(e.get_volume(&id).unwrap().abnormal.as_deref(), Some(why.as_str()));
+    // A path that never showed the volume is still NOT_FOUND.
+    assert!(matches!(
+        e.stats(&id, &s.dir("elsewhere")),
+        Err(Error::NotAtPath { .. })
+    ));
+}

@@ -126,6 +126,16 @@ impl FakeHost {
             .collect()
     }
 
+    /// What the kernel does when a loop device's backing file is deleted: the device keeps the old file, so it is
+    /// no longer found by the new file at that path.
+    pub fn unlink_backing(&self, file: &Path) {
+        for l in self.state().loops.values_mut() {
+            if l.backing == file {
+                l.backing = PathBuf::from(format!("{} (deleted)", file.display()));
+            }
+        }
+    }
+
     /// Forgets every mount and loop device, as a reboot does (formatting stays: it is on the files).
     pub fn reboot(&self) {
         let mut st = self.state();

@@ -6,7 +6,7 @@
 //! instead, so a broken setup cannot turn the privileged tests into silent
 //! no-ops.
 
-use std::io;
+use std::{io, path::PathBuf};
 
 use rustix::mount::{MountPropagationFlags, mount_change};
 
@@ -60,4 +60,14 @@ pub fn enter_private_mount_namespace() -> io::Result<()> {
     }
     mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .map_err(|e| crate::context(e, "making / recursively private"))
+}
+
+/// Unmounts its path on drop (ignoring errors), so a failing test does not leave its mount behind.
+#[derive(Debug)]
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = crate::mount::unmount(&self.0);
+    }
 }

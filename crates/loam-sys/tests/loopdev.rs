@@ -17,7 +17,7 @@ use loam_sys::{
     mkfs::{make, signature},
     mount::{mount_fs, unmount},
     mountinfo::MountTable,
-    testutil::{enter_private_mount_namespace, require_root, skip},
+    testutil::{Mounted, enter_private_mount_namespace, require_root, skip},
 };
 
 const MIB: u64 = 1 << 20;
@@ -56,15 +56,6 @@ impl Drop for Attached {
                 let _ = writeln!(std::io::stderr(), "leaking {}: {e}", dev.path.display());
             }
         }
-    }
-}
-
-/// Unmounts on drop, so a failing test does not leave its mount behind.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = unmount(&self.0);
     }
 }
 

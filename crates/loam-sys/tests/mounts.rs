@@ -12,18 +12,9 @@ use loam_sys::{
     fs::{remove_tree_beneath, tree_usage},
     mount::{bind, unmount},
     mountinfo::MountTable,
-    testutil::{enter_private_mount_namespace, require_root},
+    testutil::{Mounted, enter_private_mount_namespace, require_root},
 };
 use rustix::mount::{MountFlags, mount};
-
-/// Unmounts on drop, so a failing test does not leave its mount behind.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = unmount(&self.0);
-    }
-}
 
 /// Checks for root, enters a private mount namespace and makes a temporary
 /// directory (see [`tempdir`]); `None` = skip.
