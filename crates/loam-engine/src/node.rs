@@ -214,9 +214,36 @@ impl Engine {
         let read_only = req.capability.mode.is_read_only();
         let stem = vid.file_stem();
         let att = pool.backend.attach(&stem)?;
+        let id = &req.volume_id;
+        // Whatever fails from here leaves the volume attached only if something shows it.
+        let done = self
+            .stage_attached(&rec, &att, req, read_only)
+            .inspect_err(|_| self.detach_if_unused(&pool, &stem, &att))?;
+        if done {
+            return self.check_note(staging, id, &req.capability, read_only, "staged");
+        }
+        self.notes.put(&MountNote {
+            volume_id: id.clone(),
+            path: staging.clone(),
+            capability: req.capability.clone(),
+            read_only,
+        });
+        info!(volume.id = %id, staging.path = %staging.display(), read_only, "volume staged");
+        Ok(())
+    }
+
+    /// Stages an attached volume at `req.staging_path`; `Ok(true)` when it already was (a repeat).
+    fn stage_attached(
+        &self,
+        rec: &VolumeRecord,
+        att: &Attachment,
+        req: &StageRequest,
+        read_only: bool,
+    ) -> Result<bool> {
         let table = self.mount_table()?;
         let id = &req.volume_id;
-        let done = match (&att, &req.capability.access) {
+        let staging = &req.staging_path;
+        Ok(match (att, &req.capability.access) {
             (Attachment::Directory(dir), AccessType::Mount { .. }) => {
                 let src = source_of(&table, dir)?;
                 if already_mounted(&table, staging, &src, read_only, id, "staged")? {
@@ -232,8 +259,7 @@ impl Engine {
                 if already_mounted(&table, staging, &fs_source(dev), read_only, id, "staged")? {
                     true
                 } else {
-                    self.format_and_mount(&rec, dev, staging, &req.capability, read_only)
-                        .inspect_err(|_| self.detach_if_unused(&pool, &stem, &att))?;
+                    self.format_and_mount(rec, dev, staging, &req.capability, read_only)?;
                     false
                 }
             }
@@ -250,7 +276,6 @@ impl Engine {
                     });
                     if let Err(e) = bound {
                         let _ = remove_target(&file);
-                        self.detach_if_unused(&pool, &stem, &att);
                         return Err(e);
                     }
                     false
@@ -261,18 +286,7 @@ impl Engine {
                     "volume {id} is a directory and cannot be staged for block access"
                 )));
             }
-        };
-        if done {
-            return self.check_note(staging, id, &req.capability, read_only, "staged");
-        }
-        self.notes.put(&MountNote {
-            volume_id: id.clone(),
-            path: staging.clone(),
-            capability: req.capability.clone(),
-            read_only,
-        });
-        info!(volume.id = %id, staging.path = %staging.display(), read_only, "volume staged");
-        Ok(())
+        })
     }
 
     /// Formats the device if it holds nothing (never when it holds a filesystem), then mounts it at `staging`.
@@ -366,7 +380,10 @@ impl Engine {
         let stem = vid.file_stem();
         let file = staged_device_file(staging, volume_id);
         let Some(att) = pool.backend.attached(&stem)? else {
-            // Nothing attached, so nothing of it is mounted: only a leftover device file may remain.
+            // Not attached: normally nothing of it is mounted (after a reboot), but a device that lost its image file
+            // may still be; loam's note says whether it mounted that.
+            let staged_at = if rec.block { &file } else { staging };
+            self.unmount_by_note(volume_id, staged_at, &pool.name, "the volume is not attached")?;
             if rec.block {
                 remove_target(&file)?;
             }
@@ -441,8 +458,9 @@ impl Engine {
         }
     }
 
-    /// Unpublish or unstage of a volume whose pool is degraded (its records cannot be read): the mount at
-    /// `path` is taken down only if loam's note says it mounted this volume there.
+    /// Unpublish or unstage when the volume's backing cannot tell what shows it (its pool is degraded, or its
+    /// device lost its image file): the mount at `path` is taken down only if loam's note says it mounted this
+    /// volume there.
     fn unmount_by_note(&self, volume_id: &str, path: &Path, pool: &str, reason: &str) -> Result<()> {
         let table = self.mount_table()?;
         if table.is_mount_point(path) {
@@ -450,8 +468,8 @@ impl Engine {
                 Some(n) if n.volume_id == volume_id => {}
                 _ => {
                     return Err(Error::Precondition(format!(
-                        "{} is mounted, but loam has no note that it mounted volume {volume_id} there, and pool \
-                         {pool} is degraded ({reason}); not touching it",
+                        "{} is mounted, but loam has no note that it mounted volume {volume_id} there and cannot \
+                         tell from pool {pool} ({reason}); not touching it",
                         path.display()
                     )));
                 }
@@ -602,12 +620,13 @@ impl Engine {
             other => other?,
         };
         let _guard = self.lock(&vid)?;
-        let table = self.mount_table()?;
-        let srcs = match pool.backend.attached(&vid.file_stem())? {
-            Some(att) => sources(&table, &att),
-            None => vec![],
-        };
-        self.unmount_all(target, &srcs, volume_id)?;
+        match pool.backend.attached(&vid.file_stem())? {
+            Some(att) => {
+                let table = self.mount_table()?;
+                self.unmount_all(target, &sources(&table, &att), volume_id)?;
+            }
+            None => self.unmount_by_note(volume_id, target, &pool.name, "the volume is not attached")?,
+        }
         remove_target(target)?;
         self.notes.remove(target);
         info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");

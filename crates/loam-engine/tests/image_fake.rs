@@ -491,3 +491,25 @@ fn a_backing_file_gone_under_a_mounted_volume_is_abnormal_in_stats_and_get() {
         Err(Error::NotAtPath { .. })
     ));
 }
+
+#[test]
+fn a_volume_whose_device_lost_its_file_still_unpublishes_and_unstages() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = mount_cap("");
+    let id = create(&e, "v", 10 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    let target = s.dir("pod").join("mount");
+    stage(&e, &id, &staging, &cap).unwrap();
+    publish(&e, &id, &staging, &target, &cap).unwrap();
+    s.host.unlink_backing(&s.image(&id));
+    e.unpublish(&id, &target).unwrap();
+    e.unstage(&id, &staging).unwrap();
+    let table = s.host.mount_table().unwrap();
+    assert!(!table.is_mount_point(&target) && !table.is_mount_point(&staging));
+    // Something loam did not mount is never taken down.
+    let other = s.dir("other");
+    s.host.bind(&s.dir("elsewhere"), &other, false).unwrap();
+    assert!(matches!(e.unpublish(&id, &other), Err(Error::Precondition(_))));
+    assert!(s.host.mount_table().unwrap().is_mount_point(&other));
+}
