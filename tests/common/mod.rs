@@ -33,7 +33,7 @@ use loam::csi::{
     identity_client::IdentityClient, node_client::NodeClient, node_service_capability, plugin_capability,
     volume_capability::access_mode::Mode,
 };
-use loam_sys::mountinfo::MountTable;
+use loam_sys::{loopdev::LoopDevice, mountinfo::MountTable};
 use tonic::{Code, Response, Status, transport::Channel};
 
 pub const KIB: i64 = 1 << 10;
@@ -95,13 +95,37 @@ impl Server {
     /// Call it (and [`Server::restart`]) from the test's own thread, not from a spawned task: the server is
     /// killed when the thread that started it exits (`PR_SET_PDEATHSIG`), so no server outlives a killed test.
     pub fn start(node_id: &str, extra_args: &[&str]) -> Server {
+        let mut server = Server::prepare(node_id, extra_args);
+        server.spawn();
+        server
+    }
+
+    /// Like [`Server::start`], with `--config <root>/loam.toml`: `config` is given the server's temporary
+    /// directory before the server starts and returns the TOML text, so pool paths can live inside it.
+    pub fn start_with_config(
+        node_id: &str,
+        config: impl FnOnce(&Path) -> String,
+        extra_args: &[&str],
+    ) -> Server {
+        let mut server = Server::prepare(node_id, extra_args);
+        let file = server.config_file();
+        std::fs::write(&file, config(&server.root)).expect("writing the config file");
+        let mut args = vec!["--config".to_owned(), s(&file)];
+        args.append(&mut server.extra_args);
+        server.extra_args = args;
+        server.spawn();
+        server
+    }
+
+    /// A `Server` whose temporary directory exists but whose process is not started yet.
+    fn prepare(node_id: &str, extra_args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("loam-test-")
             .tempdir()
             .expect("creating a temp dir");
         let root = dir.path().canonicalize().expect("resolving the temp dir");
         let socket = root.join("csi.sock");
-        let mut server = Server {
+        Server {
             child: None,
             dir,
             endpoint: format!("unix://{}", socket.display()),
@@ -111,9 +135,12 @@ impl Server {
             node_id: node_id.to_owned(),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             mount_ns: None,
-        };
-        server.spawn();
-        server
+        }
+    }
+
+    /// The configuration file [`Server::start_with_config`] writes.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("loam.toml")
     }
 
     /// The data directory given to `--data-dir`.
@@ -215,6 +242,33 @@ impl Server {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Starts the server again after [`Server::stop`], with the same arguments, data dir, socket and (as root)
+    /// mount namespace: for tests that change the node while the driver is down.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Runs `f` on a new thread that has joined the server's mount namespace (root only) and returns what it
+    /// returns; a panic in `f` is the caller's. The namespace outlives the server process (see
+    /// [`Server::restart`]), so this works while the server is stopped too: to take its mounts down as a reboot
+    /// would, or to unmount and mount a pool's disk. Paths in `f` are paths as the server sees them.
+    pub fn in_mount_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = self
+            .mount_ns
+            .as_ref()
+            .expect("the server has a mount namespace of its own only when the tests run as root")
+            .as_raw_fd();
+        std::thread::scope(|scope| {
+            let joined = scope
+                .spawn(move || {
+                    join_mount_namespace(ns).expect("joining the server's mount namespace");
+                    f()
+                })
+                .join();
+            joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// SIGTERM and wait. Asserts a clean exit (code 0) and that the server removed its socket.
@@ -383,6 +437,20 @@ fn enter_server_namespace(ns: Option<i32>) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Moves the calling thread into the mount namespace `ns` (a descriptor of one). The thread first takes its own
+/// copy of the cwd and root (`CLONE_FS`), which setns(2) into a mount namespace requires; so only this thread
+/// moves, and it should be a thread of its own that ends afterwards.
+fn join_mount_namespace(ns: i32) -> io::Result<()> {
+    // SAFETY: unshare(2) and setns(2) take plain integers and touch no memory of ours; unsharing CLONE_FS only
+    // gives this thread a private cwd/root/umask, and `ns` stays open for the call (the Server holds it).
+    unsafe {
+        if libc::unshare(libc::CLONE_FS) != 0 || libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -726,4 +794,254 @@ pub fn write_data(path: &Path, len: usize) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(&vec![0x5a; len])?;
     f.sync_all()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Loop devices and pool filesystems (image pools; root)
+
+/// Loop devices bound to a file at or under `path`, as sysfs names their backing files
+/// (`/sys/block/loopN/loop/backing_file`). A file deleted since counts when `path` is a directory above it (sysfs
+/// adds " (deleted)" to the file's name).
+pub fn loops_under(path: &Path) -> Vec<LoopDevice> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").expect("listing /sys/block") {
+        let name = entry.expect("listing /sys/block").file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("loop"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let sys = Path::new("/sys/block").join(&name);
+        // Unbound devices have no backing_file; one being unbound may fail to read (ENXIO): not bound either.
+        let Ok(mut backing) = std::fs::read(sys.join("loop/backing_file")) else {
+            continue;
+        };
+        if backing.last() == Some(&b'\n') {
+            backing.pop();
+        }
+        if !Path::new(std::ffi::OsStr::from_bytes(&backing)).starts_with(path) {
+            continue;
+        }
+        let Ok(dev) = std::fs::read_to_string(sys.join("dev")) else {
+            continue;
+        };
+        let (major, minor) = dev
+            .trim()
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .unwrap_or_else(|| panic!("{}/dev: unexpected {dev:?}", sys.display()));
+        found.push(LoopDevice {
+            number,
+            path: PathBuf::from(format!("/dev/loop{number}")),
+            major,
+            minor,
+        });
+    }
+    found.sort_by_key(|d| d.number);
+    found
+}
+
+/// Loop devices bound to a file on the filesystem of block device `major:minor`, whatever its path: once the
+/// mount namespace a file was opened through is gone, sysfs names it relative to its filesystem's root only, so
+/// [`loops_under`] no longer finds it. Asks `losetup` (the backing file's device is only in `LOOP_GET_STATUS64`).
+pub fn loops_on_device(major: u32, minor: u32) -> Vec<LoopDevice> {
+    let out = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-MAJ:MIN"])
+        .output()
+        .expect("running losetup");
+    assert!(
+        out.status.success(),
+        "losetup --list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("{major}:{minor}");
+    let mut found: Vec<LoopDevice> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let (name, back) = (cols.next()?, cols.next()?);
+            let number: u32 = name.strip_prefix("/dev/loop")?.parse().ok()?;
+            let dev = std::fs::read_to_string(format!("/sys/block/loop{number}/dev")).ok()?;
+            let (a, b) = dev.trim().split_once(':')?;
+            (back == want).then_some(LoopDevice {
+                number,
+                path: PathBuf::from(name),
+                major: a.parse().ok()?,
+                minor: b.parse().ok()?,
+            })
+        })
+        .collect();
+    found.sort_by_key(|d| d.number);
+    found
+}
+
+/// Detaches `devs`. A device still in use (mounted somewhere) is detached by the kernel when its last user lets
+/// go.
+fn detach_all(devs: Vec<LoopDevice>, what: &str) {
+    for dev in devs {
+        if let Err(e) = loam_sys::loopdev::detach(&dev) {
+            eprintln!("warning: detaching {} ({what}): {e}", dev.path.display());
+        }
+    }
+}
+
+/// Detaches every loop device bound to a file at or under `path`. A device still in use (mounted somewhere) is
+/// detached by the kernel when its last user lets go.
+pub fn detach_loops_under(path: &Path) {
+    detach_all(loops_under(path), &format!("backing under {}", path.display()));
+}
+
+/// Detaches, when dropped (also when the test panics), every loop device bound to a file under the directories
+/// it watches, so a failed test leaves no device behind. Declare it before the [`Server`] whose directory it
+/// watches, so that it drops after it: the server's namespace, and the filesystems mounted from the devices in
+/// it, are gone by then and the devices detach at once.
+#[derive(Debug, Default)]
+pub struct LoopGuard {
+    dirs: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl LoopGuard {
+    pub fn new() -> LoopGuard {
+        LoopGuard::default()
+    }
+
+    /// Also detach the loop devices of files under `dir`.
+    pub fn watch(&self, dir: &Path) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.to_owned());
+    }
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        for dir in self.dirs.get_mut().unwrap_or_else(|e| e.into_inner()).iter() {
+            detach_loops_under(dir);
+        }
+    }
+}
+
+/// Moves the calling thread into a private mount namespace of its own, unless it already has one (its namespace
+/// differs from the process's). Mounts it makes afterwards are seen by no other test, and a [`Server`] it starts
+/// afterwards inherits them (the server's namespace is made as a copy of the spawning thread's).
+pub fn private_mount_namespace() {
+    let own = std::fs::read_link("/proc/thread-self/ns/mnt").expect("reading the thread's mount namespace");
+    let process = std::fs::read_link("/proc/self/ns/mnt").expect("reading the process's mount namespace");
+    if own == process {
+        loam_sys::testutil::enter_private_mount_namespace().expect("entering a private mount namespace");
+    }
+}
+
+/// A small real ext4 filesystem, as a disk of the node's for pools to live on: an image file in a temporary
+/// directory of its own (`loam-test-disk-*`), attached to a loop device and mounted at [`PoolFs::mount_point`]
+/// in the calling thread's private mount namespace (entered here if need be, see [`private_mount_namespace`]).
+///
+/// Make it before starting the [`Server`], from the test's thread: the server's namespace is a copy of the
+/// thread's, so it sees the mount. Mounts made or removed afterwards on one side stay on that side (use
+/// [`Server::in_mount_ns`] for the server's). Declare it before the `Server`, so that it drops after it; when
+/// dropped (also on panic) it detaches the loop devices of files on it (volumes of pools on it), unmounts it
+/// from the thread's namespace, detaches its own device and removes its directory.
+///
+/// Formatted with 4096-byte blocks (the device's), no blocks reserved for root, one inode per 64 KiB and the
+/// inode tables and journal written at once, so its free space is predictable and nothing writes to it later.
+#[derive(Debug)]
+pub struct PoolFs {
+    _dir: tempfile::TempDir,
+    /// Canonical path of its temporary directory.
+    pub dir: PathBuf,
+    /// The image file holding the filesystem.
+    pub image: PathBuf,
+    /// Where it is mounted: `<dir>/mnt`.
+    pub mount_point: PathBuf,
+    pub device: LoopDevice,
+}
+
+impl PoolFs {
+    /// A filesystem of `size` bytes, mounted.
+    pub fn new(size: u64) -> PoolFs {
+        private_mount_namespace();
+        let tmp = tempfile::Builder::new()
+            .prefix("loam-test-disk-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let dir = tmp.path().canonicalize().expect("resolving the temp dir");
+        let image = dir.join("disk.img");
+        let mount_point = dir.join("mnt");
+        std::fs::create_dir(&mount_point).expect("creating the mount point");
+        File::create(&image)
+            .and_then(|f| f.set_len(size))
+            .expect("creating the disk image");
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-m", "0", "-i", "65536", "-E"])
+            .arg("nodiscard,lazy_itable_init=0,lazy_journal_init=0")
+            .arg(&image)
+            .output()
+            .expect("running mkfs.ext4");
+        assert!(
+            out.status.success(),
+            "mkfs.ext4 {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cfg = loam_sys::loopdev::LoopConfig {
+            direct_io: false,
+            block_size: 4096,
+            read_only: false,
+        };
+        let device = loam_sys::loopdev::attach(&image, &cfg).expect("attaching the disk image");
+        let fs = PoolFs {
+            _dir: tmp,
+            dir,
+            image,
+            mount_point,
+            device,
+        };
+        fs.mount();
+        fs
+    }
+
+    /// Mounts it at [`PoolFs::mount_point`] in the calling thread's mount namespace.
+    pub fn mount(&self) {
+        loam_sys::mount::mount_fs(&self.device.path, &self.mount_point, "ext4", &[], false)
+            .expect("mounting the pool filesystem");
+    }
+
+    /// Unmounts it from [`PoolFs::mount_point`] in the calling thread's mount namespace.
+    pub fn unmount(&self) {
+        loam_sys::mount::unmount(&self.mount_point).expect("unmounting the pool filesystem");
+    }
+
+    /// Free bytes on it for unprivileged writers (`statvfs` f_bavail), as loam measures them.
+    pub fn available_bytes(&self) -> u64 {
+        loam_sys::statfs::statfs(&self.mount_point)
+            .expect("statfs of the pool filesystem")
+            .available_bytes
+    }
+}
+
+impl Drop for PoolFs {
+    fn drop(&mut self) {
+        // Files on it attached to loop devices keep it busy: detach those first, found by path while the
+        // namespace that opened them lives, by device number after.
+        detach_loops_under(&self.mount_point);
+        detach_all(
+            loops_on_device(self.device.major, self.device.minor),
+            &format!("backing on {}", self.image.display()),
+        );
+        if let Ok(table) = MountTable::read_self() {
+            for _ in table.mounts_at(&self.mount_point) {
+                if let Err(e) = rustix::mount::unmount(&self.mount_point, rustix::mount::UnmountFlags::DETACH)
+                {
+                    eprintln!("warning: unmounting {}: {e}", self.mount_point.display());
+                }
+            }
+        }
+        if let Err(e) = loam_sys::loopdev::detach(&self.device) {
+            eprintln!("warning: detaching {}: {e}", self.device.path.display());
+        }
+    }
 }

@@ -26,7 +26,8 @@ pub const DIRECTORY_MOUNT_FLAGS: &[&str] = &["ro"];
 /// Why a capability is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// A field off the allow-list: INVALID_ARGUMENT wherever it is sent.
+    /// A field off the allow-list: INVALID_ARGUMENT where a request is refused for it (ValidateVolumeCapabilities
+    /// answers "not confirmed" instead, as the spec asks).
     Invalid(String),
     /// Well-formed, but this pool kind cannot serve it (the message names the kind that can).
     Unsupported(String),

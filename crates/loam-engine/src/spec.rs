@@ -155,18 +155,21 @@ impl PoolSpec {
         }
     }
 
-    /// The filesystem a volume gets when its request names none, if the pool sets one.
+    /// The filesystem a filesystem volume gets when its request names none: the pool's `fs_type`, else the
+    /// first of the formats loam makes; none for kinds that format nothing.
     pub fn default_fs_type(&self) -> Option<&str> {
         match self {
-            PoolSpec::Image(s) => s.fs_type.as_deref(),
+            PoolSpec::Image(s) => Some(s.fs_type.as_deref().unwrap_or(crate::capability::FS_TYPES[0])),
             PoolSpec::Dir(_) => None,
         }
     }
 
     /// Settings that contradict each other, named so the admin can fix the file.
     pub fn check(&self) -> Result<(), String> {
-        if let Some(fs) = self.default_fs_type()
-            && !crate::capability::FS_TYPES.contains(&fs)
+        if let PoolSpec::Image(ImageSpec {
+            fs_type: Some(fs), ..
+        }) = self
+            && !crate::capability::FS_TYPES.contains(&fs.as_str())
         {
             return Err(format!(
                 "pool {}: fs_type {fs:?} is not one loam formats with; use {}",
