@@ -212,9 +212,8 @@ impl Engine {
             "sizes accounted, not enforced"
         };
         info!(pool = %pool.name, kind = %pool.kind(), volumes = pool.len(), total_bytes = pool.total_bytes,
-              reserved_bytes = pool.reserved(), available_bytes = pool.available(),
-              overcommit_ratio = pool.spec.overcommit_ratio(), uuid = pool.uuid.as_deref().unwrap_or(""),
-              "pool ready: {sizes}");
+              reserved_bytes = pool.reserved(), overcommit_ratio = pool.spec.overcommit_ratio(),
+              uuid = pool.uuid.as_deref().unwrap_or(""), "pool ready: {sizes}");
         if pool.spec.overcommit_ratio() > 1.0 {
             warn!(pool = %pool.name, ratio = pool.spec.overcommit_ratio(),
                   "thin pool overcommits: volumes may promise more than its filesystem holds and fail to write when it fills");

@@ -108,6 +108,16 @@ impl Backend for ImageBackend {
         capability::mode_refusal(cap)
             .or_else(|| capability::fs_type_refusal(cap))
             .or_else(|| capability::flags_refusal(cap, capability::DEVICE_MOUNT_FLAGS, "image"))
+            .or_else(|| {
+                let discard = capability::mount_flags(cap).iter().any(|f| f == "discard");
+                (discard && self.allocation == Allocation::Thick).then(|| {
+                    Refusal::Invalid(
+                        "mount flag discard is not allowed on a thick image pool: discards would punch holes in its \
+                         fully allocated images; use a thin pool to give freed blocks back"
+                            .into(),
+                    )
+                })
+            })
     }
 
     fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()> {
