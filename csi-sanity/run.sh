@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run the upstream CSI conformance suite (csi-sanity) against a local loam.
 #
-# Usage: csi-sanity/run.sh [mount|image|xfs|block] [extra csi-sanity args...]
+# Usage: csi-sanity/run.sh [mount|image|xfs|block|btrfs] [extra csi-sanity args...]
 #
 # Modes: mount = filesystem volumes on a dir pool; image = filesystem volumes on
 # an image pool (ext4); xfs = the same formatted xfs; block = raw block volumes
-# on an image pool. Each uses params-<mode>.yaml; all pools are declared in
-# pools.toml.
+# on an image pool; btrfs = subvolumes on a btrfs pool (on a btrfs filesystem
+# the script makes in an image file). Each uses params-<mode>.yaml; the pools are
+# declared in pools.toml (and pools-btrfs.toml).
 #
 # csi-sanity itself is NOT built or fetched here: install it separately from
 # kubernetes-csi/csi-test (cmd/csi-sanity) and put it on PATH.
@@ -34,7 +35,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 MODE=mount
 if [[ $# -gt 0 ]]; then
     case "$1" in
-        mount | image | xfs | block)
+        mount | image | xfs | block | btrfs)
             MODE="$1"
             shift
             ;;
@@ -44,7 +45,7 @@ if [[ $# -gt 0 ]]; then
             ;;
         -*) ;; # no mode given: everything is passed to csi-sanity
         *)
-            echo "run.sh: unknown mode '$1' (expected mount, image, xfs or block)" >&2
+            echo "run.sh: unknown mode '$1' (expected mount, image, xfs, block or btrfs)" >&2
             usage
             exit 2
             ;;
@@ -56,6 +57,10 @@ ACCESS=mount
 [[ "$MODE" == block ]] && ACCESS=block
 if [[ "$MODE" == xfs ]] && ! command -v mkfs.xfs >/dev/null 2>&1; then
     echo "run.sh: mode xfs needs mkfs.xfs (Debian package xfsprogs)" >&2
+    exit 2
+fi
+if [[ "$MODE" == btrfs ]] && ! command -v mkfs.btrfs >/dev/null 2>&1; then
+    echo "run.sh: mode btrfs needs mkfs.btrfs (Debian package btrfs-progs)" >&2
     exit 2
 fi
 SIZE="${LOAM_SANITY_SIZE:-1073741824}"
@@ -106,6 +111,7 @@ W="$(mktemp -d "${TMPDIR:-/tmp}/loam-sanity.XXXXXX")"
 SOCK="$W/csi.sock"
 LOG="$W/loam.log"
 LOAM_PID=""
+BTRFS_MNT=""
 
 # Lists mount points at or below $W (from this process's mount table).
 # shellcheck disable=SC2317
@@ -138,6 +144,9 @@ cleanup() {
     if [[ -n "$LOAM_PID" ]]; then
         wait "$LOAM_PID" 2>/dev/null
     fi
+    if [[ -n "$BTRFS_MNT" ]] && mountpoint -q "$BTRFS_MNT"; then
+        umount "$BTRFS_MNT"
+    fi
     local left loops
     left="$(mounts_under_w)"
     loops="$(loops_under_w)"
@@ -163,6 +172,15 @@ trap 'exit 143' TERM
 
 # The pools, inside the work dir: pools.toml names them relative to @W@.
 sed "s|@W@|$W|g" "$HERE/pools.toml" >"$W/pools.toml"
+if [[ "$MODE" == btrfs ]]; then
+    # A btrfs filesystem of its own, in a sparse image file (mount -o loop detaches it at unmount).
+    truncate -s 8G "$W/btrfs.img"
+    mkfs.btrfs -q "$W/btrfs.img"
+    BTRFS_MNT="$W/btrfs"
+    mkdir -p "$BTRFS_MNT"
+    mount -o loop "$W/btrfs.img" "$BTRFS_MNT"
+    sed "s|@W@|$W|g" "$HERE/pools-btrfs.toml" >>"$W/pools.toml"
+fi
 
 echo "run.sh: mode=$MODE loam=$LOAM workdir=$W" >&2
 RUST_LOG="${RUST_LOG:-info}" "$LOAM" serve \

@@ -731,7 +731,7 @@ impl Engine {
             .host
             .statfs(dir)
             .ctx(|| format!("statfs {}", dir.display()))?;
-        let over = usage.bytes > total;
+        let over = usage.bytes > total && !pool.backend.enforces_size();
         Ok(VolumeStats {
             bytes: UsageRow {
                 total,

@@ -20,7 +20,13 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    backend::{Backend, dir::DirBackend, image::ImageBackend, volumes_dir},
+    backend::{
+        Backend,
+        btrfs::{self, BtrfsBackend},
+        dir::DirBackend,
+        image::ImageBackend,
+        volumes_dir,
+    },
     capacity,
     error::{Error, IoContext, Result},
     id::is_pool_name,
@@ -107,7 +113,36 @@ impl Pool {
         spec.check().map_err(|e| Error::invalid("pool", e))?;
         let known_dir = state_dir.join("pools");
         std::fs::create_dir_all(&known_dir).ctx(|| format!("creating {}", known_dir.display()))?;
-        let id = identify(spec, &known_dir)?;
+        // A btrfs pool on another filesystem is found out before its identity is written there: the marker would
+        // otherwise sit under the btrfs filesystem once it is mounted.
+        let wrong_fs = match spec {
+            PoolSpec::Btrfs(_) => {
+                // The pool's directory, or the nearest existing directory above it (where it would be made).
+                let at = spec
+                    .path()
+                    .ancestors()
+                    .find(|p| p.exists())
+                    .unwrap_or(spec.path());
+                match host.is_btrfs(at) {
+                    Ok(true) => None,
+                    Ok(false) => Some(format!(
+                        "{} is not on a btrfs filesystem: put the pool on btrfs, or use kind dir or image",
+                        spec.path().display()
+                    )),
+                    Err(e) => Some(format!("cannot tell the filesystem of {}: {e}", at.display())),
+                }
+            }
+            _ => None,
+        };
+        let id = match wrong_fs {
+            Some(why) => Identified {
+                root: spec.path().to_owned(),
+                uuid: None,
+                lock: None,
+                degraded: Some(why),
+            },
+            None => identify(spec, &known_dir)?,
+        };
         let volumes = volumes_dir(&id.root);
         let mut degraded = id.degraded;
         if degraded.is_none() {
@@ -116,9 +151,15 @@ impl Pool {
                 .err()
                 .map(|e| e.to_string());
         }
+        if degraded.is_none()
+            && let PoolSpec::Btrfs(b) = spec
+        {
+            degraded = btrfs::prepare(name, &id.root, b.quota, host.as_ref()).err();
+        }
         let backend: Box<dyn Backend> = match spec {
             PoolSpec::Dir(_) => Box::new(DirBackend::new(volumes)),
             PoolSpec::Image(s) => Box::new(ImageBackend::new(volumes, s.allocation, host.clone())),
+            PoolSpec::Btrfs(_) => Box::new(BtrfsBackend::new(volumes, host.clone())),
         };
         let total_bytes = match (spec.capacity(), &degraded) {
             (Some(b), _) => b,

@@ -22,6 +22,8 @@ pub enum PoolSpec {
     Dir(DirSpec),
     /// Volumes are image files in the pool, attached to loop devices.
     Image(ImageSpec),
+    /// Volumes are btrfs subvolumes with a quota limit.
+    Btrfs(BtrfsSpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +54,32 @@ pub struct ImageSpec {
     pub fs_type: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BtrfsSpec {
+    pub name: String,
+    /// A directory on a btrfs filesystem.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub capacity: Option<ByteSize>,
+    /// Which quota accounting to turn on when the filesystem has none.
+    #[serde(default)]
+    pub quota: QuotaChoice,
+}
+
+/// The quota accounting a btrfs pool turns on when its filesystem has none on yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaChoice {
+    /// Simple quotas where the kernel has them (6.7 and later), full qgroups otherwise.
+    #[default]
+    Auto,
+    /// Simple quotas only (cheap; accounts what is written from now on).
+    Simple,
+    /// Full qgroups only (enabling rescans the whole filesystem).
+    Full,
+}
+
 /// How an image file takes its space.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +97,7 @@ pub enum Allocation {
 pub enum PoolKind {
     Dir,
     Image,
+    Btrfs,
 }
 
 impl PoolKind {
@@ -76,6 +105,7 @@ impl PoolKind {
         match self {
             PoolKind::Dir => "dir",
             PoolKind::Image => "image",
+            PoolKind::Btrfs => "btrfs",
         }
     }
 }
@@ -96,6 +126,16 @@ impl PoolSpec {
         })
     }
 
+    /// A btrfs pool choosing its quota accounting itself, without a configured capacity.
+    pub fn btrfs(name: &str, path: impl Into<PathBuf>) -> PoolSpec {
+        PoolSpec::Btrfs(BtrfsSpec {
+            name: name.to_owned(),
+            path: path.into(),
+            capacity: None,
+            quota: QuotaChoice::Auto,
+        })
+    }
+
     /// A thick image pool without a configured capacity.
     pub fn image(name: &str, path: impl Into<PathBuf>) -> PoolSpec {
         PoolSpec::Image(ImageSpec {
@@ -112,6 +152,7 @@ impl PoolSpec {
         match self {
             PoolSpec::Dir(_) => PoolKind::Dir,
             PoolSpec::Image(_) => PoolKind::Image,
+            PoolSpec::Btrfs(_) => PoolKind::Btrfs,
         }
     }
 
@@ -119,6 +160,7 @@ impl PoolSpec {
         match self {
             PoolSpec::Dir(s) => &s.name,
             PoolSpec::Image(s) => &s.name,
+            PoolSpec::Btrfs(s) => &s.name,
         }
     }
 
@@ -126,6 +168,7 @@ impl PoolSpec {
         match self {
             PoolSpec::Dir(s) => &s.path,
             PoolSpec::Image(s) => &s.path,
+            PoolSpec::Btrfs(s) => &s.path,
         }
     }
 
@@ -133,6 +176,7 @@ impl PoolSpec {
         match self {
             PoolSpec::Dir(s) => s.capacity,
             PoolSpec::Image(s) => s.capacity,
+            PoolSpec::Btrfs(s) => s.capacity,
         }
         .map(|b| b.0)
     }
@@ -143,6 +187,7 @@ impl PoolSpec {
         match &mut self {
             PoolSpec::Dir(s) => s.capacity = c,
             PoolSpec::Image(s) => s.capacity = c,
+            PoolSpec::Btrfs(s) => s.capacity = c,
         }
         self
     }
@@ -151,7 +196,7 @@ impl PoolSpec {
     pub fn overcommit_ratio(&self) -> f64 {
         match self {
             PoolSpec::Image(s) => s.overcommit_ratio.unwrap_or(1.0),
-            PoolSpec::Dir(_) => 1.0,
+            PoolSpec::Dir(_) | PoolSpec::Btrfs(_) => 1.0,
         }
     }
 
@@ -160,7 +205,7 @@ impl PoolSpec {
     pub fn default_fs_type(&self) -> Option<&str> {
         match self {
             PoolSpec::Image(s) => Some(s.fs_type.as_deref().unwrap_or(crate::capability::FS_TYPES[0])),
-            PoolSpec::Dir(_) => None,
+            PoolSpec::Dir(_) | PoolSpec::Btrfs(_) => None,
         }
     }
 
@@ -275,6 +320,11 @@ mod tests {
             allocation = "thin"
             overcommit_ratio = 1.5
             fs_type = "xfs"
+            [[pools]]
+            name = "c"
+            kind = "btrfs"
+            path = "/c"
+            quota = "simple"
             "#,
         )
         .unwrap();
@@ -283,6 +333,8 @@ mod tests {
         assert_eq!(f.pools[1].capacity(), Some(1000));
         assert_eq!(f.pools[1].overcommit_ratio(), 1.5);
         assert_eq!(f.pools[1].default_fs_type(), Some("xfs"));
+        assert_eq!(f.pools[2].kind(), PoolKind::Btrfs);
+        assert!(matches!(&f.pools[2], PoolSpec::Btrfs(b) if b.quota == QuotaChoice::Simple));
         assert!(f.pools[1].check().is_ok());
         let thick: File = toml::from_str("[[pools]]\nname='c'\nkind='image'\npath='/c'").unwrap();
         assert_eq!(thick.pools[0], PoolSpec::image("c", "/c"));
@@ -296,6 +348,8 @@ mod tests {
             "[[pools]]\nname='a'\nkind='image'\npath='/x'\nallocation='lazy'",
             "[[pools]]\nname='a'\nkind='image'\npath='/x'\ncapacity='1Zi'",
             "[[pools]]\nname='a'\npath='/x'",
+            "[[pools]]\nname='a'\nkind='btrfs'\npath='/x'\nquota='some'",
+            "[[pools]]\nname='a'\nkind='btrfs'\npath='/x'\nallocation='thin'",
         ] {
             assert!(toml::from_str::<File>(bad).is_err(), "{bad}");
         }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    host::{Host, LoopConfig, LoopDevice},
+    host::{Host, LoopConfig, LoopDevice, Qgroup, QuotaMode},
     mountinfo::{MountInfo, MountTable},
     statfs::FsStats,
 };
@@ -29,8 +29,21 @@ struct Loop {
     autoclear: bool,
 }
 
+/// A btrfs filesystem the fake pretends is mounted at a directory: subvolumes are real directories under it.
+#[derive(Debug)]
+struct Btrfs {
+    root: PathBuf,
+    mode: QuotaMode,
+    /// Whether enabling simple quotas fails (an old kernel).
+    no_simple: bool,
+    next_id: u64,
+    subvolumes: BTreeMap<PathBuf, u64>,
+    qgroups: BTreeMap<u64, Qgroup>,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    btrfs: Vec<Btrfs>,
     mounts: Vec<MountInfo>,
     next_mount_id: u32,
     loops: BTreeMap<u32, Loop>,
@@ -134,6 +147,48 @@ impl FakeHost {
                 l.backing = PathBuf::from(format!("{} (deleted)", file.display()));
             }
         }
+    }
+
+    /// Pretends `root` is a btrfs filesystem with quotas in `mode`; `simple_ok` says whether simple quotas can be
+    /// enabled on it.
+    pub fn add_btrfs(&self, root: &Path, mode: QuotaMode, simple_ok: bool) {
+        self.state().btrfs.push(Btrfs {
+            root: root.to_owned(),
+            mode,
+            no_simple: !simple_ok,
+            next_id: 256,
+            subvolumes: BTreeMap::new(),
+            qgroups: BTreeMap::new(),
+        });
+    }
+
+    /// Sets what qgroup 0/`id` has referenced (as if the volume wrote it), or drops the qgroup with `None`.
+    pub fn set_qgroup(&self, id: u64, qgroup: Option<Qgroup>) {
+        for fs in &mut self.state().btrfs {
+            if fs.subvolumes.values().any(|v| *v == id) {
+                match qgroup {
+                    Some(q) => fs.qgroups.insert(id, q),
+                    None => fs.qgroups.remove(&id),
+                };
+            }
+        }
+    }
+
+    /// The qgroups of the btrfs filesystem at `root`, by id.
+    pub fn qgroups(&self, root: &Path) -> Vec<(u64, Qgroup)> {
+        self.state()
+            .btrfs
+            .iter()
+            .filter(|fs| fs.root == root)
+            .flat_map(|fs| fs.qgroups.iter().map(|(id, q)| (*id, *q)))
+            .collect()
+    }
+
+    fn btrfs_of<'s>(st: &'s mut State, path: &Path) -> io::Result<&'s mut Btrfs> {
+        st.btrfs
+            .iter_mut()
+            .find(|fs| path.starts_with(&fs.root))
+            .ok_or_else(|| errno(libc::ENOTTY))
     }
 
     /// Forgets every mount and loop device, as a reboot does (formatting stays: it is on the files).
@@ -386,6 +441,120 @@ impl Host for FakeHost {
         let file = Self::backing_of(&st, device)?;
         st.formatted.insert(file, fs_type.to_owned());
         Ok(())
+    }
+
+    fn is_btrfs(&self, path: &Path) -> io::Result<bool> {
+        let mut st = self.state();
+        self.enter(&mut st, "is_btrfs", path.display().to_string())?;
+        Ok(Self::btrfs_of(&mut st, path).is_ok())
+    }
+
+    fn btrfs_quota_mode(&self, path: &Path) -> io::Result<QuotaMode> {
+        let mut st = self.state();
+        self.enter(&mut st, "btrfs_quota_mode", path.display().to_string())?;
+        Ok(Self::btrfs_of(&mut st, path)?.mode)
+    }
+
+    fn btrfs_enable_quota(&self, path: &Path, simple: bool) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "btrfs_enable_quota",
+            format!("{} simple={simple}", path.display()),
+        )?;
+        let fs = Self::btrfs_of(&mut st, path)?;
+        if simple && fs.no_simple {
+            return Err(errno(libc::EINVAL));
+        }
+        fs.mode = if simple {
+            QuotaMode::Simple
+        } else {
+            QuotaMode::Full
+        };
+        Ok(())
+    }
+
+    fn btrfs_rescan_running(&self, path: &Path) -> io::Result<bool> {
+        let mut st = self.state();
+        self.enter(&mut st, "btrfs_rescan_running", path.display().to_string())?;
+        Self::btrfs_of(&mut st, path)?;
+        Ok(false)
+    }
+
+    fn btrfs_create_subvolume(&self, parent: &Path, name: &str) -> io::Result<u64> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "btrfs_create_subvolume",
+            format!("{} {name}", parent.display()),
+        )?;
+        let path = parent.join(name);
+        let fs = Self::btrfs_of(&mut st, &path)?;
+        std::fs::create_dir(&path)?;
+        let id = fs.next_id;
+        fs.next_id += 1;
+        fs.subvolumes.insert(path, id);
+        if fs.mode != QuotaMode::Off {
+            fs.qgroups.insert(
+                id,
+                Qgroup {
+                    referenced: 16384,
+                    exclusive: 16384,
+                    max_referenced: None,
+                    max_exclusive: None,
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    fn btrfs_subvolume_id(&self, path: &Path) -> io::Result<Option<u64>> {
+        let mut st = self.state();
+        self.enter(&mut st, "btrfs_subvolume_id", path.display().to_string())?;
+        // A subvolume removed behind the fake's back is gone, as it would be on btrfs.
+        Ok(Self::btrfs_of(&mut st, path)
+            .ok()
+            .and_then(|fs| fs.subvolumes.get(path).copied())
+            .filter(|_| path.is_dir()))
+    }
+
+    fn btrfs_delete_subvolume(&self, parent: &Path, name: &str) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "btrfs_delete_subvolume",
+            format!("{} {name}", parent.display()),
+        )?;
+        let path = parent.join(name);
+        let fs = Self::btrfs_of(&mut st, &path)?;
+        let Some(id) = fs.subvolumes.remove(&path) else {
+            return if path.exists() {
+                Err(errno(libc::EINVAL))
+            } else {
+                Ok(())
+            };
+        };
+        fs.qgroups.remove(&id);
+        std::fs::remove_dir_all(&path)
+    }
+
+    fn btrfs_set_limit(&self, path: &Path, id: u64, bytes: u64) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "btrfs_set_limit",
+            format!("{} {id} {bytes}", path.display()),
+        )?;
+        let fs = Self::btrfs_of(&mut st, path)?;
+        let q = fs.qgroups.get_mut(&id).ok_or_else(|| errno(libc::ENOENT))?;
+        q.max_referenced = Some(bytes);
+        Ok(())
+    }
+
+    fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>> {
+        let mut st = self.state();
+        self.enter(&mut st, "btrfs_qgroup", format!("{} {id}", path.display()))?;
+        Ok(Self::btrfs_of(&mut st, path)?.qgroups.get(&id).copied())
     }
 }
 

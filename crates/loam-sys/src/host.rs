@@ -1,5 +1,5 @@
 //! The one seam between the engine and the operating system's privileged calls: the mount table, bind mounts,
-//! filesystem mounts, unmounts, statfs, loop devices and formatting.
+//! filesystem mounts, unmounts, statfs, loop devices, formatting, and btrfs subvolumes and quotas.
 //!
 //! The engine holds an `Arc<dyn Host>`. [`RealHost`] makes the real calls; [`crate::fake::FakeHost`] simulates
 //! them in memory, records every call and can fail a chosen one, so the engine's failure paths (mkfs fails after
@@ -9,7 +9,10 @@
 
 use std::{fmt, io, path::Path};
 
-pub use crate::loopdev::{LoopConfig, LoopDevice};
+pub use crate::{
+    btrfs::{Qgroup, QuotaMode},
+    loopdev::{LoopConfig, LoopDevice},
+};
 use crate::{mountinfo::MountTable, statfs::FsStats};
 
 /// Every privileged operating-system call the engine makes.
@@ -43,6 +46,25 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn signature(&self, device: &Path) -> io::Result<Option<String>>;
     /// Formats `device` with `fs_type` (ext4 or xfs).
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()>;
+
+    /// Whether `path` is on a btrfs filesystem.
+    fn is_btrfs(&self, path: &Path) -> io::Result<bool>;
+    /// The quota accounting the btrfs filesystem holding `path` has on.
+    fn btrfs_quota_mode(&self, path: &Path) -> io::Result<QuotaMode>;
+    /// Turns on simple quotas, or full qgroups.
+    fn btrfs_enable_quota(&self, path: &Path, simple: bool) -> io::Result<()>;
+    /// Whether a qgroup rescan is running.
+    fn btrfs_rescan_running(&self, path: &Path) -> io::Result<bool>;
+    /// Creates subvolume `parent/name`; returns its id.
+    fn btrfs_create_subvolume(&self, parent: &Path, name: &str) -> io::Result<u64>;
+    /// The id of the subvolume whose root is `path`, if it is one.
+    fn btrfs_subvolume_id(&self, path: &Path) -> io::Result<Option<u64>>;
+    /// Deletes subvolume `parent/name` and its qgroup.
+    fn btrfs_delete_subvolume(&self, parent: &Path, name: &str) -> io::Result<()>;
+    /// Limits qgroup 0/`id` to `bytes` referenced.
+    fn btrfs_set_limit(&self, path: &Path, id: u64, bytes: u64) -> io::Result<()>;
+    /// Qgroup 0/`id`'s accounting and limits, if it exists.
+    fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>>;
 }
 
 /// The real operating system.
@@ -99,5 +121,41 @@ impl Host for RealHost {
 
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         crate::mkfs::make(device, fs_type)
+    }
+
+    fn is_btrfs(&self, path: &Path) -> io::Result<bool> {
+        crate::btrfs::is_btrfs(path)
+    }
+
+    fn btrfs_quota_mode(&self, path: &Path) -> io::Result<QuotaMode> {
+        crate::btrfs::quota_mode(path)
+    }
+
+    fn btrfs_enable_quota(&self, path: &Path, simple: bool) -> io::Result<()> {
+        crate::btrfs::enable_quota(path, simple)
+    }
+
+    fn btrfs_rescan_running(&self, path: &Path) -> io::Result<bool> {
+        crate::btrfs::rescan_running(path)
+    }
+
+    fn btrfs_create_subvolume(&self, parent: &Path, name: &str) -> io::Result<u64> {
+        crate::btrfs::create_subvolume(parent, name)
+    }
+
+    fn btrfs_subvolume_id(&self, path: &Path) -> io::Result<Option<u64>> {
+        crate::btrfs::subvolume_id(path)
+    }
+
+    fn btrfs_delete_subvolume(&self, parent: &Path, name: &str) -> io::Result<()> {
+        crate::btrfs::delete_subvolume(parent, name)
+    }
+
+    fn btrfs_set_limit(&self, path: &Path, id: u64, bytes: u64) -> io::Result<()> {
+        crate::btrfs::set_limit(path, id, bytes)
+    }
+
+    fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>> {
+        crate::btrfs::qgroup(path, id)
     }
 }

@@ -8,6 +8,7 @@
 //! Image-backed volumes add loop devices ([`loopdev`]), block device sizes
 //! ([`blockdev`]), and probing and formatting filesystems with the system's
 //! tools ([`mkfs`]).
+//! Btrfs-backed volumes are subvolumes with quota group limits ([`btrfs`]).
 //!
 //! The engine reaches the privileged calls through one seam, [`host::Host`], with a real implementation and
 //! an in-memory recording fake ([`fake::FakeHost`]) for unit tests without root.
@@ -19,6 +20,7 @@
 //! [`std::error::Error::source`] (see [`os_error`]).
 
 pub mod blockdev;
+pub mod btrfs;
 pub mod fake;
 pub mod fs;
 pub mod host;

@@ -18,7 +18,7 @@ use crate::{
 
 /// Volume directories are world-writable like a fresh disk, so pods of any UID can use them; kubelet applies
 /// fsGroup on top (CSIDriver fsGroupPolicy: File). The parent directory is private to root.
-const VOLUME_DIR_MODE: u32 = 0o777;
+pub(crate) const VOLUME_DIR_MODE: u32 = 0o777;
 
 /// How long a measured usage counts for capacity: measuring walks the volume's tree.
 const WRITTEN_TTL: Duration = Duration::from_secs(10);
@@ -58,19 +58,7 @@ impl Backend for DirBackend {
     }
 
     fn refusal(&self, cap: &Capability) -> Option<Refusal> {
-        // Reader-only modes are served too: their bind mounts are made read-only.
-        match &cap.access {
-            AccessType::Block => Some(Refusal::Unsupported(
-                "block access is not possible on a dir pool (its volumes are directories); use a pool of kind image"
-                    .into(),
-            )),
-            AccessType::Mount { fs_type, .. } if !fs_type.is_empty() => Some(Refusal::Unsupported(format!(
-                "fs_type {fs_type:?} cannot be applied: dir pool volumes are directories on the pool's filesystem; \
-                 leave fsType empty or use a pool of kind image"
-            ))),
-            AccessType::Mount { .. } => capability::mode_refusal(cap)
-                .or_else(|| capability::flags_refusal(cap, capability::DIRECTORY_MOUNT_FLAGS, "dir")),
-        }
+        directory_refusal(cap, "dir")
     }
 
     fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()> {
@@ -130,6 +118,22 @@ impl Backend for DirBackend {
 
     fn detach(&self, _stem: &str) -> Result<()> {
         Ok(())
+    }
+}
+
+/// What kinds whose volumes are directories (`kind`: dir, btrfs) cannot serve. Reader-only modes are served:
+/// their bind mounts are made read-only.
+pub(crate) fn directory_refusal(cap: &Capability, kind: &str) -> Option<Refusal> {
+    match &cap.access {
+        AccessType::Block => Some(Refusal::Unsupported(format!(
+            "block access is not possible on a {kind} pool (its volumes are directories); use a pool of kind image"
+        ))),
+        AccessType::Mount { fs_type, .. } if !fs_type.is_empty() => Some(Refusal::Unsupported(format!(
+            "fs_type {fs_type:?} cannot be applied: {kind} pool volumes are directories on the pool's filesystem; \
+             leave fsType empty or use a pool of kind image"
+        ))),
+        AccessType::Mount { .. } => capability::mode_refusal(cap)
+            .or_else(|| capability::flags_refusal(cap, capability::DIRECTORY_MOUNT_FLAGS, kind)),
     }
 }
 

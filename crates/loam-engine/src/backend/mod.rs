@@ -13,6 +13,7 @@ use std::{
 
 use crate::{capability::Refusal, error::Result, spec::PoolKind, types::Capability};
 
+pub mod btrfs;
 pub mod dir;
 pub mod image;
 

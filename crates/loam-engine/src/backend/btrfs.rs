@@ -1,0 +1,245 @@
+//! `btrfs` pools: a volume is a btrfs subvolume (`volumes/<stem>`) whose qgroup limits what it references to its
+//! size, so writing past it fails with EDQUOT, and whose usage comes from the quota accounting in O(1), never from
+//! walking its files. The node publishes it like a directory.
+//!
+//! btrfs reports the whole filesystem in statfs, also inside a subvolume: `df` in a pod shows the pool's size, and
+//! NodeGetVolumeStats reports the volume's own size and usage from its qgroup.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use loam_sys::host::{Host, QuotaMode};
+use tracing::{info, warn};
+
+use super::{Attachment, Backend, ProvisionSpec, Usage, dir};
+use crate::{
+    capability::Refusal,
+    error::{Error, IoContext, Result},
+    spec::{PoolKind, QuotaChoice},
+    types::Capability,
+};
+
+/// Quota limits are kept to whole 4 KiB blocks, btrfs's usual sector size.
+const GRANULARITY: u64 = 4096;
+
+#[derive(Debug)]
+pub struct BtrfsBackend {
+    volumes: PathBuf,
+    host: Arc<dyn Host>,
+}
+
+/// Makes sure the filesystem holding `root` is btrfs with quotas on, turning them on as `choice` says when they are
+/// off. Returns the accounting in use, or why the pool cannot be used.
+pub fn prepare(
+    pool: &str,
+    root: &Path,
+    choice: QuotaChoice,
+    host: &dyn Host,
+) -> std::result::Result<QuotaMode, String> {
+    match host.is_btrfs(root) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(format!(
+                "{} is not on a btrfs filesystem: put the pool on btrfs, or use kind dir or image",
+                root.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot tell the filesystem of {}: {e}", root.display())),
+    }
+    let mode = host
+        .btrfs_quota_mode(root)
+        .map_err(|e| format!("cannot read the quota state of {}: {e}", root.display()))?;
+    if mode != QuotaMode::Off {
+        if mode == QuotaMode::Full && host.btrfs_rescan_running(root).unwrap_or(false) {
+            warn!(
+                pool,
+                "a qgroup rescan is running: usage figures are not exact until it ends"
+            );
+        }
+        info!(pool, quota = ?mode, "btrfs quotas already on");
+        return Ok(mode);
+    }
+    let simple_first = matches!(choice, QuotaChoice::Auto | QuotaChoice::Simple);
+    if simple_first {
+        match host.btrfs_enable_quota(root, true) {
+            Ok(()) => {
+                info!(
+                    pool,
+                    "btrfs simple quotas enabled: instant, and they account what is written from now on"
+                );
+                return Ok(QuotaMode::Simple);
+            }
+            Err(e) if choice == QuotaChoice::Simple => {
+                return Err(format!(
+                    "simple quotas cannot be enabled on {} ({e}): they need kernel 6.7 or later; set quota = \"full\" \
+                     or \"auto\" to use full qgroups",
+                    root.display()
+                ));
+            }
+            Err(e) => warn!(pool, error = %e, "simple quotas cannot be enabled; trying full qgroups"),
+        }
+    }
+    host.btrfs_enable_quota(root, false).map_err(|e| {
+        format!(
+            "quotas cannot be enabled on {} ({e}); enable them by hand (btrfs quota enable) and restart loam",
+            root.display()
+        )
+    })?;
+    warn!(
+        pool,
+        "btrfs full qgroups enabled: the kernel rescans the whole filesystem in the background, which takes \
+                 long on a large one; usage figures are not exact until it ends"
+    );
+    Ok(QuotaMode::Full)
+}
+
+impl BtrfsBackend {
+    /// `volumes` is the pool's `volumes/` directory, on btrfs with quotas on (see [`prepare`]).
+    pub fn new(volumes: PathBuf, host: Arc<dyn Host>) -> Self {
+        BtrfsBackend { volumes, host }
+    }
+
+    fn path(&self, stem: &str) -> PathBuf {
+        self.volumes.join(stem)
+    }
+
+    fn id(&self, stem: &str) -> Result<Option<u64>> {
+        let path = self.path(stem);
+        self.host
+            .btrfs_subvolume_id(&path)
+            .ctx(|| format!("looking up subvolume {}", path.display()))
+    }
+}
+
+impl Backend for BtrfsBackend {
+    fn kind(&self) -> PoolKind {
+        PoolKind::Btrfs
+    }
+
+    fn granularity(&self) -> u64 {
+        GRANULARITY
+    }
+
+    fn enforces_size(&self) -> bool {
+        true
+    }
+
+    fn refusal(&self, cap: &Capability) -> Option<Refusal> {
+        dir::directory_refusal(cap, "btrfs")
+    }
+
+    fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()> {
+        let path = self.path(spec.stem);
+        let id = match self.id(spec.stem)? {
+            Some(id) => id,
+            None => self
+                .host
+                .btrfs_create_subvolume(&self.volumes, spec.stem)
+                .ctx(|| format!("creating subvolume {}", path.display()))?,
+        };
+        // World-writable like a fresh disk, as dir volumes are; kubelet applies fsGroup on top.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir::VOLUME_DIR_MODE))
+            .ctx(|| format!("chmod of {}", path.display()))?;
+        self.host
+            .btrfs_set_limit(&self.volumes, id, spec.capacity_bytes)
+            .ctx(|| {
+                format!(
+                    "limiting subvolume {} to {} bytes",
+                    path.display(),
+                    spec.capacity_bytes
+                )
+            })
+    }
+
+    fn destroy(&self, stem: &str) -> Result<()> {
+        let path = self.path(stem);
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(Error::Io {
+                    op: format!("inspecting {}", path.display()),
+                    source: e,
+                });
+            }
+            Ok(_) => {}
+        }
+        if self.id(stem)?.is_none() {
+            return Err(Error::Precondition(format!(
+                "{} is not a subvolume; loam deletes only the subvolumes it made, so it is left for an operator",
+                path.display()
+            )));
+        }
+        self.host
+            .btrfs_delete_subvolume(&self.volumes, stem)
+            .ctx(|| format!("deleting subvolume {}", path.display()))
+    }
+
+    fn check(&self, stem: &str, capacity_bytes: u64) -> Option<String> {
+        let path = self.path(stem);
+        let id = match self.id(stem) {
+            Ok(Some(id)) => id,
+            Ok(None) if path.exists() => return Some(format!("{} is not a subvolume", path.display())),
+            Ok(None) => return Some(format!("the volume's subvolume {} is missing", path.display())),
+            Err(e) => return Some(e.to_string()),
+        };
+        match self.host.btrfs_qgroup(&self.volumes, id) {
+            Ok(Some(q)) if q.max_referenced == Some(capacity_bytes) => None,
+            Ok(Some(q)) => Some(format!(
+                "the quota limit of subvolume {} is {}, not the volume's size {capacity_bytes} (changed by hand?); \
+                 loam leaves it as it is",
+                path.display(),
+                q.max_referenced
+                    .map_or_else(|| "none".to_owned(), |b| b.to_string())
+            )),
+            Ok(None) => Some(format!(
+                "subvolume {} has no qgroup: its size is not enforced",
+                path.display()
+            )),
+            Err(e) => Some(format!("cannot read the qgroup of {}: {e}", path.display())),
+        }
+    }
+
+    fn usage(&self, stem: &str) -> Result<Usage> {
+        let path = self.path(stem);
+        let id = self
+            .id(stem)?
+            .ok_or_else(|| Error::Precondition(format!("{} is not a subvolume", path.display())))?;
+        let q = self
+            .host
+            .btrfs_qgroup(&self.volumes, id)
+            .ctx(|| format!("reading the qgroup of {}", path.display()))?
+            .ok_or_else(|| Error::Precondition(format!("subvolume {} has no qgroup", path.display())))?;
+        // btrfs keeps no inode counts: it reports none, and so does loam.
+        Ok(Usage {
+            bytes: q.referenced,
+            inodes: 0,
+        })
+    }
+
+    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64 {
+        self.usage(stem).map_or(0, |u| u.bytes.min(capacity_bytes))
+    }
+
+    fn backings(&self) -> Result<Vec<String>> {
+        dir::list_names(&self.volumes, "")
+    }
+
+    fn health(&self) -> Option<String> {
+        dir::writable_dir_problem(&self.volumes)
+    }
+
+    fn attach(&self, stem: &str) -> Result<Attachment> {
+        Ok(Attachment::Directory(self.path(stem)))
+    }
+
+    fn attached(&self, stem: &str) -> Result<Option<Attachment>> {
+        self.attach(stem).map(Some)
+    }
+
+    fn detach(&self, _stem: &str) -> Result<()> {
+        Ok(())
+    }
+}
