@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Bytes the default pool may hand out (suffixes K, M, G, T, Ki, Mi, Gi, Ti); default: its filesystem's size.
     #[arg(long, env = "LOAM_CAPACITY", value_parser = parse_size)]
     pub capacity: Option<u64>,
+    /// Seconds between measurements of each volume's usage in the default dir pool, where sizes are accounted
+    /// rather than enforced by project quota (default 60).
+    #[arg(long, env = "LOAM_USAGE_REFRESH_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub usage_refresh_seconds: Option<u64>,
     /// Volumes kubelet may place on this node (0: no limit).
     #[arg(long, env = "LOAM_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
     pub max_volumes_per_node: u64,
@@ -151,15 +155,19 @@ pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
     };
     let NodePools { pools, default_pool } = match &args.config {
         Some(path) => {
-            if args.capacity.is_some() {
-                bail!("--capacity applies to the implicit default pool; with --config set capacity per pool");
+            if args.capacity.is_some() || args.usage_refresh_seconds.is_some() {
+                bail!(
+                    "--capacity and --usage-refresh-seconds apply to the implicit default pool; with --config set \
+                     capacity and usage_refresh_seconds per pool"
+                );
             }
             FileConfig::load(path)?.for_node(&node_id)?
         }
         None => NodePools {
             pools: vec![
                 PoolSpec::dir(DEFAULT_POOL, data_dir.join("pools").join(DEFAULT_POOL))
-                    .with_capacity(args.capacity),
+                    .with_capacity(args.capacity)
+                    .with_usage_refresh(args.usage_refresh_seconds),
             ],
             default_pool: DEFAULT_POOL.to_owned(),
         },

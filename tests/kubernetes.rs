@@ -43,7 +43,7 @@ async fn provisioner_and_kubelet_sequence() {
     if !loam_sys::testutil::require_root("provisioner_and_kubelet_sequence") {
         return;
     }
-    let srv = Server::start(NODE, &["--capacity", "1Gi"]);
+    let srv = Server::start(NODE, &["--capacity", "1Gi", "--usage-refresh-seconds", "1"]);
     let (mut id, mut ctl, mut node) = (srv.identity().await, srv.controller().await, srv.node().await);
 
     // external-provisioner start-up.
@@ -131,7 +131,8 @@ async fn provisioner_and_kubelet_sequence() {
     write_data(&srv.in_ns(target.join("table.db")), 3 * MIB as usize).unwrap();
     let mut stats_req = stats_req(&vol.volume_id, &s(&target));
     stats_req.staging_target_path = s(&staging);
-    let stats = ok(node.node_get_volume_stats(stats_req).await);
+    // The dir pool measures usage in the background (every second here): kubelet sees it within that interval.
+    let stats = stats_until(&mut node, stats_req, |r| usage_rows(r).0.used >= 3 * MIB).await;
     let (bytes, inodes) = usage_rows(&stats);
     assert_eq!(bytes.total, size);
     assert!(bytes.used >= 3 * MIB, "{bytes:?}");

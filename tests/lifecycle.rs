@@ -46,7 +46,7 @@ async fn lifecycle_create_stage_publish_write_stats_unpublish_unstage_delete() {
     if !require_root("lifecycle_create_stage_publish_write_stats_unpublish_unstage_delete") {
         return;
     }
-    let mut srv = Server::start(NODE, &["--capacity", "4Gi"]);
+    let mut srv = Server::start(NODE, &["--capacity", "4Gi", "--usage-refresh-seconds", "1"]);
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
 
     // Create.
@@ -116,7 +116,11 @@ async fn lifecycle_create_stage_publish_write_stats_unpublish_unstage_delete() {
 
     // Stats, the same through every path of the volume.
     for path in [&rw, &ro, &staging] {
-        let r = ok(node.node_get_volume_stats(stats_req(&id, &s(path))).await);
+        // The dir pool measures usage in the background, every second here.
+        let r = stats_until(&mut node, stats_req(&id, &s(path)), |r| {
+            usage_rows(r).0.used >= bytes0.used + BIG as i64
+        })
+        .await;
         let (bytes, inodes) = usage_rows(&r);
         assert_eq!(bytes.total, 64 * MIB);
         assert!(

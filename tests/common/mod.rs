@@ -57,6 +57,7 @@ const LOAM_ENV: &[&str] = &[
     "LOAM_MAX_VOLUMES_PER_NODE",
     "LOAM_LOG_FORMAT",
     "LOAM_CONFIG",
+    "LOAM_USAGE_REFRESH_SECONDS",
 ];
 
 pub fn is_root() -> bool {
@@ -775,6 +776,24 @@ fn known_types<C: Debug, T: TryFrom<i32> + Ord>(
     types
 }
 
+/// NodeGetVolumeStats of `req`, asked again (every 100 ms, for up to 10 s) until `done` holds for it: dir volumes
+/// without project quota report a background measurement, which catches up within its interval (run such servers
+/// with `--usage-refresh-seconds 1`).
+pub async fn stats_until(
+    node: &mut NodeClient<Channel>,
+    req: csi::NodeGetVolumeStatsRequest,
+    done: impl Fn(&csi::NodeGetVolumeStatsResponse) -> bool,
+) -> csi::NodeGetVolumeStatsResponse {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = ok(node.node_get_volume_stats(req.clone()).await);
+        if done(&r) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The (bytes, inodes) rows of NodeGetVolumeStats.
 pub fn usage_rows(r: &csi::NodeGetVolumeStatsResponse) -> (csi::VolumeUsage, csi::VolumeUsage) {
     use csi::volume_usage::Unit;
@@ -797,7 +816,7 @@ pub fn write_data(path: &Path, len: usize) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Loop devices and pool filesystems (image pools; root)
+// Loop devices and pool filesystems (image and btrfs pools; root)
 
 /// Loop devices bound to a file at or under `path`, as sysfs names their backing files
 /// (`/sys/block/loopN/loop/backing_file`). A file deleted since counts when `path` is a directory above it (sysfs
@@ -936,9 +955,10 @@ pub fn private_mount_namespace() {
     }
 }
 
-/// A small real ext4 filesystem, as a disk of the node's for pools to live on: an image file in a temporary
-/// directory of its own (`loam-test-disk-*`), attached to a loop device and mounted at [`PoolFs::mount_point`]
-/// in the calling thread's private mount namespace (entered here if need be, see [`private_mount_namespace`]).
+/// A small real filesystem (ext4 or btrfs), as a disk of the node's for pools to live on: an image file in a
+/// temporary directory of its own (`loam-test-disk-*`), attached to a loop device and mounted at
+/// [`PoolFs::mount_point`] in the calling thread's private mount namespace (entered here if need be, see
+/// [`private_mount_namespace`]).
 ///
 /// Make it before starting the [`Server`], from the test's thread: the server's namespace is a copy of the
 /// thread's, so it sees the mount. Mounts made or removed afterwards on one side stay on that side (use
@@ -946,8 +966,10 @@ pub fn private_mount_namespace() {
 /// dropped (also on panic) it detaches the loop devices of files on it (volumes of pools on it), unmounts it
 /// from the thread's namespace, detaches its own device and removes its directory.
 ///
-/// Formatted with 4096-byte blocks (the device's), no blocks reserved for root, one inode per 64 KiB and the
-/// inode tables and journal written at once, so its free space is predictable and nothing writes to it later.
+/// [`PoolFs::new`] formats it ext4 with 4096-byte blocks (the device's), no blocks reserved for root, one
+/// inode per 64 KiB and the inode tables and journal written at once, so its free space is predictable and
+/// nothing writes to it later. [`PoolFs::btrfs`] makes a btrfs filesystem (quotas off, as `mkfs.btrfs` leaves
+/// them); [`PoolFs::with_mkfs`] takes any `mkfs` command.
 #[derive(Debug)]
 pub struct PoolFs {
     _dir: tempfile::TempDir,
@@ -958,11 +980,47 @@ pub struct PoolFs {
     /// Where it is mounted: `<dir>/mnt`.
     pub mount_point: PathBuf,
     pub device: LoopDevice,
+    /// The filesystem type it is mounted as.
+    pub fs_type: String,
 }
 
+/// The smallest btrfs filesystem [`PoolFs::btrfs`] makes: smaller ones are cramped (metadata is duplicated
+/// and allocated in chunks of tens of MiB) and mkfs.btrfs refuses the smallest.
+pub const MIN_BTRFS_BYTES: u64 = 256 << 20;
+
 impl PoolFs {
-    /// A filesystem of `size` bytes, mounted.
+    /// An ext4 filesystem of `size` bytes, mounted.
     pub fn new(size: u64) -> PoolFs {
+        let mut mkfs = Command::new("mkfs.ext4");
+        mkfs.args(["-q", "-F", "-b", "4096", "-m", "0", "-i", "65536", "-E"])
+            .arg("nodiscard,lazy_itable_init=0,lazy_journal_init=0");
+        PoolFs::with_mkfs(size, "ext4", mkfs)
+    }
+
+    /// A btrfs filesystem of `size` bytes (at least [`MIN_BTRFS_BYTES`]), mounted, with quotas off.
+    pub fn btrfs(size: u64) -> PoolFs {
+        assert!(
+            size >= MIN_BTRFS_BYTES,
+            "a btrfs PoolFs needs at least {MIN_BTRFS_BYTES} bytes, {size} asked for"
+        );
+        let mut mkfs = Command::new("mkfs.btrfs");
+        mkfs.args(["-q", "-f"]);
+        PoolFs::with_mkfs(size, "btrfs", mkfs)
+    }
+
+    /// Whether [`PoolFs::btrfs`] can work here: `mkfs.btrfs` (btrfs-progs) runs.
+    pub fn can_make_btrfs() -> bool {
+        Command::new("mkfs.btrfs")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// A filesystem of `size` bytes made by `mkfs` (run with the image file as its last argument), mounted as
+    /// `fs_type`.
+    pub fn with_mkfs(size: u64, fs_type: &str, mut mkfs: Command) -> PoolFs {
         private_mount_namespace();
         let tmp = tempfile::Builder::new()
             .prefix("loam-test-disk-")
@@ -975,15 +1033,15 @@ impl PoolFs {
         File::create(&image)
             .and_then(|f| f.set_len(size))
             .expect("creating the disk image");
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096", "-m", "0", "-i", "65536", "-E"])
-            .arg("nodiscard,lazy_itable_init=0,lazy_journal_init=0")
+        let program = mkfs.get_program().to_string_lossy().into_owned();
+        let out = mkfs
             .arg(&image)
+            .stdin(Stdio::null())
             .output()
-            .expect("running mkfs.ext4");
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
         assert!(
             out.status.success(),
-            "mkfs.ext4 {}: {}",
+            "{program} {}: {}",
             image.display(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -999,6 +1057,7 @@ impl PoolFs {
             image,
             mount_point,
             device,
+            fs_type: fs_type.to_owned(),
         };
         fs.mount();
         fs
@@ -1006,7 +1065,7 @@ impl PoolFs {
 
     /// Mounts it at [`PoolFs::mount_point`] in the calling thread's mount namespace.
     pub fn mount(&self) {
-        loam_sys::mount::mount_fs(&self.device.path, &self.mount_point, "ext4", &[], false)
+        loam_sys::mount::mount_fs(&self.device.path, &self.mount_point, &self.fs_type, &[], false)
             .expect("mounting the pool filesystem");
     }
 

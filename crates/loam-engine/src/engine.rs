@@ -177,7 +177,7 @@ impl Engine {
             let vid = rec.volume_id()?;
             match rec.state {
                 VolumeState::Ready => {
-                    if let Some(problem) = pool.backend.check(&vid.file_stem(), rec.capacity_bytes) {
+                    if let Some(problem) = pool.backend.check(&rec.backing(&vid.file_stem())) {
                         warn!(volume.id = %rec.id, pool = %pool.name, %problem, "volume is abnormal");
                     }
                     known.insert(vid.file_stem());
@@ -187,7 +187,7 @@ impl Engine {
                     info!(volume.id = %rec.id, state = ?rec.state, "finishing an interrupted operation by removing the volume");
                     let removed = pool
                         .backend
-                        .destroy(&vid.file_stem())
+                        .destroy(&rec.backing(&vid.file_stem()))
                         .and_then(|()| pool.store.remove(&vid));
                     if let Err(e) = removed {
                         // Held back, not fatal: one volume that cannot be cleaned up must not stop the node.
@@ -340,7 +340,7 @@ impl Engine {
 
     fn to_volume(&self, pool: &Pool, rec: &VolumeRecord) -> Volume {
         let abnormal = pool.degraded().or_else(|| match rec.volume_id() {
-            Ok(vid) => pool.backend.check(&vid.file_stem(), rec.capacity_bytes),
+            Ok(vid) => pool.backend.check(&rec.backing(&vid.file_stem())),
             Err(e) => Some(e.to_string()),
         });
         Volume {
@@ -473,6 +473,16 @@ impl Engine {
         }
         let size = capacity::choose_size(req.required_bytes, req.limit_bytes, pool.backend.granularity())?;
         pool.reserve(size)?;
+        let project_id = match pool.backend.project_ids() {
+            Some(range) => match pool.allocate_project(range) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    pool.release(size);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let mut rec = VolumeRecord {
             version: RECORD_VERSION,
             id: vid.to_string(),
@@ -482,6 +492,7 @@ impl Engine {
             capacity_bytes: size,
             block,
             fs_type: fs_type.clone(),
+            project_id,
             parameters: params,
             state: VolumeState::Creating,
             created_unix: SystemTime::now()
@@ -496,16 +507,24 @@ impl Engine {
                 capacity_bytes: size,
                 block,
                 fs_type: fs_type.as_deref(),
+                project_id,
             })?;
             rec.state = VolumeState::Ready;
             pool.store.save(&rec)
         })();
         if let Err(e) = made {
             // Undo in reverse; a failure here is logged and left to start-up recovery (the record says Creating).
-            if let Err(u) = pool.backend.destroy(&stem).and_then(|()| pool.store.remove(&vid)) {
+            if let Err(u) = pool
+                .backend
+                .destroy(&rec.backing(&stem))
+                .and_then(|()| pool.store.remove(&vid))
+            {
                 warn!(volume.id = %rec.id, error = %u, "could not undo a failed create; start-up will retry");
             }
             pool.release(size);
+            if let Some(p) = project_id {
+                pool.release_project(p);
+            }
             return Err(e);
         }
         pool.insert_reserved(rec.clone());
@@ -539,7 +558,7 @@ impl Engine {
         }
         rec.state = VolumeState::Deleting;
         pool.store.save(&rec)?;
-        pool.backend.destroy(&vid.file_stem())?;
+        pool.backend.destroy(&rec.backing(&vid.file_stem()))?;
         pool.store.remove(&vid)?;
         pool.remove(id);
         info!(volume.id = %id, pool = %pool.name, bytes = rec.capacity_bytes, "volume deleted");

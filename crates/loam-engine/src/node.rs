@@ -648,7 +648,7 @@ impl Engine {
             // A mount loam made for this volume that no longer shows its backing: the image file was deleted or
             // replaced under a mounted loop device. Say so rather than "not here".
             if table.is_mount_point(path) && self.notes.get(path).is_some_and(|n| n.volume_id == volume_id) {
-                let why = pool.backend.check(&stem, rec.capacity_bytes).unwrap_or_else(|| {
+                let why = pool.backend.check(&rec.backing(&stem)).unwrap_or_else(|| {
                     format!(
                         "the device mounted at {} is no longer attached to the volume's backing",
                         path.display()
@@ -668,7 +668,7 @@ impl Engine {
                 path: path.to_owned(),
             });
         }
-        let abnormal = pool.backend.check(&stem, rec.capacity_bytes);
+        let abnormal = pool.backend.check(&rec.backing(&stem));
         match att.expect("shown implies attached") {
             Attachment::Directory(dir) => self.directory_stats(&pool, &rec, &stem, &dir, abnormal),
             Attachment::Device(dev) if rec.block => {
@@ -726,7 +726,7 @@ impl Engine {
                 abnormal: Some(why),
             });
         }
-        let usage = pool.backend.usage(stem)?;
+        let usage = pool.backend.usage(&rec.backing(stem))?;
         let fs = self
             .host
             .statfs(dir)

@@ -23,7 +23,7 @@ use crate::{
     backend::{
         Backend,
         btrfs::{self, BtrfsBackend},
-        dir::DirBackend,
+        dir::{self, DirBackend},
         image::ImageBackend,
         volumes_dir,
     },
@@ -60,6 +60,8 @@ struct State {
     reserved: u64,
     /// By volume ID, so listing is sorted.
     volumes: BTreeMap<String, Entry>,
+    /// Project IDs held by volumes (and creates in flight), or found taken on the filesystem.
+    projects: std::collections::BTreeSet<u32>,
 }
 
 #[derive(Debug)]
@@ -157,7 +159,10 @@ impl Pool {
             degraded = btrfs::prepare(name, &id.root, b.quota, host.as_ref()).err();
         }
         let backend: Box<dyn Backend> = match spec {
-            PoolSpec::Dir(_) => Box::new(DirBackend::new(volumes)),
+            PoolSpec::Dir(d) => {
+                let quota = degraded.is_none() && dir::choose_mode(d, &id.root, host.as_ref())?;
+                Box::new(DirBackend::new(volumes, d, quota, host.clone()))
+            }
             PoolSpec::Image(s) => Box::new(ImageBackend::new(volumes, s.allocation, host.clone())),
             PoolSpec::Btrfs(_) => Box::new(BtrfsBackend::new(volumes, host.clone())),
         };
@@ -260,18 +265,18 @@ impl Pool {
                 0
             }
         };
-        let volumes: Vec<(String, u64)> = self
+        let volumes: Vec<(String, VolumeRecord)> = self
             .state()
             .volumes
             .values()
             .filter_map(|e| match e {
-                Entry::Ready(r) => r.volume_id().ok().map(|v| (v.file_stem(), r.capacity_bytes)),
+                Entry::Ready(r) => r.volume_id().ok().map(|v| (v.file_stem(), r.clone())),
                 Entry::Quarantined(_) => None,
             })
             .collect();
         let written = volumes
             .iter()
-            .map(|(stem, cap)| self.backend.written_bytes(stem, *cap))
+            .map(|(stem, rec)| self.backend.written_bytes(&rec.backing(stem)))
             .fold(0u64, u64::saturating_add);
         (fs_free, written)
     }
@@ -315,7 +320,37 @@ impl Pool {
         st.reserved = st.reserved.saturating_sub(size);
     }
 
-    /// Adds a record whose bytes were already reserved.
+    /// Gives a new volume a project ID from `range` that no volume and nothing on the filesystem holds. Held
+    /// until [`Pool::release_project`] or the volume is removed.
+    pub fn allocate_project(&self, range: std::ops::RangeInclusive<u32>) -> Result<u32> {
+        let (first, last) = (*range.start(), *range.end());
+        loop {
+            let candidate = {
+                let mut st = self.state();
+                let free = range.clone().find(|id| !st.projects.contains(id));
+                let Some(id) = free else {
+                    return Err(Error::Exhausted(format!(
+                        "pool {}: every project ID from {first} to {last} is in use; widen project_ids in its config",
+                        self.name
+                    )));
+                };
+                st.projects.insert(id);
+                id
+            };
+            // Checked outside the lock: it reads the filesystem's quota. A taken ID stays marked, so it is
+            // skipped from now on.
+            if self.backend.project_id_free(candidate) {
+                return Ok(candidate);
+            }
+            warn!(pool = %self.name, project = candidate, "project ID already used on the filesystem; skipping it");
+        }
+    }
+
+    pub fn release_project(&self, id: u32) {
+        self.state().projects.remove(&id);
+    }
+
+    /// Adds a record whose bytes (and project ID) were already reserved.
     pub fn insert_reserved(&self, rec: VolumeRecord) {
         self.state().volumes.insert(rec.id.clone(), Entry::Ready(rec));
     }
@@ -324,6 +359,9 @@ impl Pool {
     pub fn insert_loaded(&self, rec: VolumeRecord) {
         let mut st = self.state();
         st.reserved = st.reserved.saturating_add(rec.capacity_bytes);
+        if let Some(id) = rec.project_id {
+            st.projects.insert(id);
+        }
         st.volumes.insert(rec.id.clone(), Entry::Ready(rec));
     }
 
@@ -336,6 +374,9 @@ impl Pool {
         let mut st = self.state();
         if let Some(Entry::Ready(rec)) = st.volumes.remove(id) {
             st.reserved = st.reserved.saturating_sub(rec.capacity_bytes);
+            if let Some(p) = rec.project_id {
+                st.projects.remove(&p);
+            }
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct VolumeRecord {
     /// The filesystem asked for at create, if any (version 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs_type: Option<String>,
+    /// The project ID of its directory, in pools that enforce sizes with project quota (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u32>,
     pub parameters: BTreeMap<String, String>,
     pub state: VolumeState,
     pub created_unix: u64,
@@ -49,6 +52,15 @@ pub struct VolumeRecord {
 impl VolumeRecord {
     pub fn volume_id(&self) -> Result<VolumeId> {
         VolumeId::parse(&self.id)
+    }
+
+    /// What the backend needs to know of this volume, whose file stem is `stem`.
+    pub fn backing<'a>(&self, stem: &'a str) -> crate::backend::VolumeRef<'a> {
+        crate::backend::VolumeRef {
+            stem,
+            capacity_bytes: self.capacity_bytes,
+            project_id: self.project_id,
+        }
     }
 }
 
@@ -165,6 +177,7 @@ mod tests {
             capacity_bytes: 42,
             block: false,
             fs_type: None,
+            project_id: None,
             parameters: BTreeMap::new(),
             state: VolumeState::Ready,
             created_unix: 1,

@@ -35,7 +35,37 @@ pub struct DirSpec {
     /// Bytes the pool may hand out; default: the size of the filesystem holding it.
     #[serde(default)]
     pub capacity: Option<ByteSize>,
+    /// Whether sizes are enforced with project quota.
+    #[serde(default)]
+    pub quota: DirQuota,
+    /// Project IDs the pool gives its volumes, first and last (default 1000000 to 1999999).
+    #[serde(default)]
+    pub project_ids: Option<[u32; 2]>,
+    /// Inodes each volume may hold, with project quota (default: no limit).
+    #[serde(default)]
+    pub inode_limit: Option<u64>,
+    /// Seconds between measurements of each volume's usage, without project quota (default 60).
+    #[serde(default)]
+    pub usage_refresh_seconds: Option<u64>,
 }
+
+/// Whether a dir pool enforces sizes with project quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirQuota {
+    /// Where the filesystem has project quota on (XFS prjquota, ext4 project + prjquota); accounted otherwise.
+    #[default]
+    Auto,
+    /// Project quota or nothing: the pool refuses to start without it.
+    Required,
+    /// Never: sizes are accounted only.
+    Off,
+}
+
+/// Project IDs of dir pools unless configured.
+pub const DEFAULT_PROJECT_IDS: [u32; 2] = [1_000_000, 1_999_999];
+/// Seconds between usage measurements of accounted-only dir volumes unless configured.
+pub const DEFAULT_USAGE_REFRESH_SECONDS: u64 = 60;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +153,10 @@ impl PoolSpec {
             name: name.to_owned(),
             path: path.into(),
             capacity: None,
+            quota: DirQuota::Auto,
+            project_ids: None,
+            inode_limit: None,
+            usage_refresh_seconds: None,
         })
     }
 
@@ -192,6 +226,14 @@ impl PoolSpec {
         self
     }
 
+    /// Sets how often a dir pool measures its volumes' usage without project quota (no effect on other kinds).
+    pub fn with_usage_refresh(mut self, seconds: Option<u64>) -> PoolSpec {
+        if let PoolSpec::Dir(d) = &mut self {
+            d.usage_refresh_seconds = seconds;
+        }
+        self
+    }
+
     /// The overcommit ratio in force: 1.0 unless a thin image pool sets one. Checked by [`PoolSpec::check`].
     pub fn overcommit_ratio(&self) -> f64 {
         match self {
@@ -211,6 +253,22 @@ impl PoolSpec {
 
     /// Settings that contradict each other, named so the admin can fix the file.
     pub fn check(&self) -> Result<(), String> {
+        if let PoolSpec::Dir(d) = self {
+            if let Some([first, last]) = d.project_ids
+                && (first == 0 || first > last)
+            {
+                return Err(format!(
+                    "pool {}: project_ids [{first}, {last}] must be a range of IDs from 1 up, first <= last",
+                    d.name
+                ));
+            }
+            if d.usage_refresh_seconds == Some(0) {
+                return Err(format!(
+                    "pool {}: usage_refresh_seconds must be at least 1",
+                    d.name
+                ));
+            }
+        }
         if let PoolSpec::Image(ImageSpec {
             fs_type: Some(fs), ..
         }) = self
@@ -350,6 +408,7 @@ mod tests {
             "[[pools]]\nname='a'\npath='/x'",
             "[[pools]]\nname='a'\nkind='btrfs'\npath='/x'\nquota='some'",
             "[[pools]]\nname='a'\nkind='btrfs'\npath='/x'\nallocation='thin'",
+            "[[pools]]\nname='a'\nkind='dir'\npath='/x'\nquota='maybe'",
         ] {
             assert!(toml::from_str::<File>(bad).is_err(), "{bad}");
         }
@@ -364,6 +423,23 @@ mod tests {
         let f: File =
             toml::from_str("[[pools]]\nname='a'\nkind='image'\npath='/x'\nfs_type='btrfs'").unwrap();
         assert!(f.pools[0].check().unwrap_err().contains("ext4 or xfs"));
+        for bad in [
+            "project_ids=[0, 9]",
+            "project_ids=[9, 8]",
+            "usage_refresh_seconds=0",
+        ] {
+            let f: File =
+                toml::from_str(&format!("[[pools]]\nname='a'\nkind='dir'\npath='/x'\n{bad}")).unwrap();
+            assert!(f.pools[0].check().is_err(), "{bad}");
+        }
+        let f: File = toml::from_str(
+            "[[pools]]\nname='a'\nkind='dir'\npath='/x'\nquota='required'\nproject_ids=[10, 20]\ninode_limit=5",
+        )
+        .unwrap();
+        assert!(f.pools[0].check().is_ok());
+        assert!(
+            matches!(&f.pools[0], PoolSpec::Dir(d) if d.quota == DirQuota::Required && d.inode_limit == Some(5))
+        );
     }
 
     #[test]

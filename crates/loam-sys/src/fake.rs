@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    host::{Host, LoopConfig, LoopDevice, Qgroup, QuotaMode},
+    host::{Host, LoopConfig, LoopDevice, ProjectQuotaState, ProjectUsage, Qgroup, QuotaMode},
     mountinfo::{MountInfo, MountTable},
     statfs::FsStats,
 };
@@ -41,9 +41,21 @@ struct Btrfs {
     qgroups: BTreeMap<u64, Qgroup>,
 }
 
+/// A filesystem with project quota the fake pretends is mounted at a directory.
+#[derive(Debug)]
+struct Projects {
+    root: PathBuf,
+    state: ProjectQuotaState,
+    /// Directory → (project ID, inherit).
+    dirs: BTreeMap<PathBuf, (u32, bool)>,
+    /// Project ID → usage and limits.
+    usage: BTreeMap<u32, ProjectUsage>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     btrfs: Vec<Btrfs>,
+    projects: Vec<Projects>,
     mounts: Vec<MountInfo>,
     next_mount_id: u32,
     loops: BTreeMap<u32, Loop>,
@@ -182,6 +194,32 @@ impl FakeHost {
             .filter(|fs| fs.root == root)
             .flat_map(|fs| fs.qgroups.iter().map(|(id, q)| (*id, *q)))
             .collect()
+    }
+
+    /// Pretends `root` is a filesystem with project quota in `state`.
+    pub fn add_project_quota(&self, root: &Path, state: ProjectQuotaState) {
+        self.state().projects.push(Projects {
+            root: root.to_owned(),
+            state,
+            dirs: BTreeMap::new(),
+            usage: BTreeMap::new(),
+        });
+    }
+
+    /// Sets what project `id` uses (as if its directory were written to), keeping its limits.
+    pub fn set_project_used(&self, id: u32, bytes: u64, inodes: u64) {
+        for fs in &mut self.state().projects {
+            let u = fs.usage.entry(id).or_default();
+            u.bytes = bytes;
+            u.inodes = inodes;
+        }
+    }
+
+    fn projects_of<'s>(st: &'s mut State, path: &Path) -> io::Result<&'s mut Projects> {
+        st.projects
+            .iter_mut()
+            .find(|fs| path.starts_with(&fs.root))
+            .ok_or_else(|| errno(libc::EOPNOTSUPP))
     }
 
     fn btrfs_of<'s>(st: &'s mut State, path: &Path) -> io::Result<&'s mut Btrfs> {
@@ -555,6 +593,60 @@ impl Host for FakeHost {
         let mut st = self.state();
         self.enter(&mut st, "btrfs_qgroup", format!("{} {id}", path.display()))?;
         Ok(Self::btrfs_of(&mut st, path)?.qgroups.get(&id).copied())
+    }
+
+    fn project_quota_state(&self, path: &Path) -> io::Result<Option<ProjectQuotaState>> {
+        let mut st = self.state();
+        self.enter(&mut st, "project_quota_state", path.display().to_string())?;
+        Ok(Self::projects_of(&mut st, path).ok().map(|fs| fs.state))
+    }
+
+    fn get_project(&self, path: &Path) -> io::Result<(u32, bool)> {
+        let mut st = self.state();
+        self.enter(&mut st, "get_project", path.display().to_string())?;
+        if !path.is_dir() {
+            return Err(errno(libc::ENOENT));
+        }
+        Ok(Self::projects_of(&mut st, path)?
+            .dirs
+            .get(path)
+            .copied()
+            .unwrap_or((0, false)))
+    }
+
+    fn set_project(&self, path: &Path, id: u32) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(&mut st, "set_project", format!("{} {id}", path.display()))?;
+        if !path.is_dir() {
+            return Err(errno(libc::ENOENT));
+        }
+        Self::projects_of(&mut st, path)?
+            .dirs
+            .insert(path.to_owned(), (id, true));
+        Ok(())
+    }
+
+    fn set_project_limit(&self, path: &Path, id: u32, bytes: u64, inodes: u64) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "set_project_limit",
+            format!("{} {id} {bytes} {inodes}", path.display()),
+        )?;
+        let u = Self::projects_of(&mut st, path)?.usage.entry(id).or_default();
+        u.bytes_limit = bytes;
+        u.inodes_limit = inodes;
+        Ok(())
+    }
+
+    fn project_usage(&self, path: &Path, id: u32) -> io::Result<ProjectUsage> {
+        let mut st = self.state();
+        self.enter(&mut st, "project_usage", format!("{} {id}", path.display()))?;
+        Ok(Self::projects_of(&mut st, path)?
+            .usage
+            .get(&id)
+            .copied()
+            .unwrap_or_default())
     }
 }
 

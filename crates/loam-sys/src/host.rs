@@ -1,5 +1,6 @@
 //! The one seam between the engine and the operating system's privileged calls: the mount table, bind mounts,
-//! filesystem mounts, unmounts, statfs, loop devices, formatting, and btrfs subvolumes and quotas.
+//! filesystem mounts, unmounts, statfs, loop devices, formatting, btrfs subvolumes and quotas, and project
+//! quota.
 //!
 //! The engine holds an `Arc<dyn Host>`. [`RealHost`] makes the real calls; [`crate::fake::FakeHost`] simulates
 //! them in memory, records every call and can fail a chosen one, so the engine's failure paths (mkfs fails after
@@ -12,6 +13,7 @@ use std::{fmt, io, path::Path};
 pub use crate::{
     btrfs::{Qgroup, QuotaMode},
     loopdev::{LoopConfig, LoopDevice},
+    quota::{ProjectQuotaState, ProjectUsage},
 };
 use crate::{mountinfo::MountTable, statfs::FsStats};
 
@@ -65,6 +67,17 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn btrfs_set_limit(&self, path: &Path, id: u64, bytes: u64) -> io::Result<()>;
     /// Qgroup 0/`id`'s accounting and limits, if it exists.
     fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>>;
+
+    /// Project quota on the filesystem holding `path`; `None` when it has none.
+    fn project_quota_state(&self, path: &Path) -> io::Result<Option<ProjectQuotaState>>;
+    /// The project ID of directory `path`, and whether new entries inherit it.
+    fn get_project(&self, path: &Path) -> io::Result<(u32, bool)>;
+    /// Gives directory `path` project ID `id`, inherited by what is made in it.
+    fn set_project(&self, path: &Path, id: u32) -> io::Result<()>;
+    /// Limits project `id` on the filesystem holding `path` to `bytes` and `inodes` (0: no limit).
+    fn set_project_limit(&self, path: &Path, id: u32, bytes: u64, inodes: u64) -> io::Result<()>;
+    /// Project `id`'s usage and limits.
+    fn project_usage(&self, path: &Path, id: u32) -> io::Result<ProjectUsage>;
 }
 
 /// The real operating system.
@@ -157,5 +170,25 @@ impl Host for RealHost {
 
     fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>> {
         crate::btrfs::qgroup(path, id)
+    }
+
+    fn project_quota_state(&self, path: &Path) -> io::Result<Option<ProjectQuotaState>> {
+        crate::quota::state(path)
+    }
+
+    fn get_project(&self, path: &Path) -> io::Result<(u32, bool)> {
+        crate::quota::get_project(path)
+    }
+
+    fn set_project(&self, path: &Path, id: u32) -> io::Result<()> {
+        crate::quota::set_project(path, id)
+    }
+
+    fn set_project_limit(&self, path: &Path, id: u32, bytes: u64, inodes: u64) -> io::Result<()> {
+        crate::quota::set_limit(path, id, bytes, inodes)
+    }
+
+    fn project_usage(&self, path: &Path, id: u32) -> io::Result<ProjectUsage> {
+        crate::quota::usage(path, id)
     }
 }

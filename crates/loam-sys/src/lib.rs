@@ -9,6 +9,7 @@
 //! ([`blockdev`]), and probing and formatting filesystems with the system's
 //! tools ([`mkfs`]).
 //! Btrfs-backed volumes are subvolumes with quota group limits ([`btrfs`]).
+//! Directories on XFS and ext4 are bounded by project quotas ([`quota`]).
 //!
 //! The engine reaches the privileged calls through one seam, [`host::Host`], with a real implementation and
 //! an in-memory recording fake ([`fake::FakeHost`]) for unit tests without root.
@@ -29,6 +30,7 @@ pub mod loopdev;
 pub mod mkfs;
 pub mod mount;
 pub mod mountinfo;
+pub mod quota;
 pub mod statfs;
 
 #[doc(hidden)]

@@ -14,7 +14,7 @@ use std::{
 use loam_sys::host::{Host, QuotaMode};
 use tracing::{info, warn};
 
-use super::{Attachment, Backend, ProvisionSpec, Usage, dir};
+use super::{Attachment, Backend, ProvisionSpec, Usage, VolumeRef, dir};
 use crate::{
     capability::Refusal,
     error::{Error, IoContext, Result},
@@ -154,7 +154,8 @@ impl Backend for BtrfsBackend {
             })
     }
 
-    fn destroy(&self, stem: &str) -> Result<()> {
+    fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
+        let stem = v.stem;
         let path = self.path(stem);
         match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -177,7 +178,8 @@ impl Backend for BtrfsBackend {
             .ctx(|| format!("deleting subvolume {}", path.display()))
     }
 
-    fn check(&self, stem: &str, capacity_bytes: u64) -> Option<String> {
+    fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
+        let (stem, capacity_bytes) = (v.stem, v.capacity_bytes);
         let path = self.path(stem);
         let id = match self.id(stem) {
             Ok(Some(id)) => id,
@@ -202,7 +204,8 @@ impl Backend for BtrfsBackend {
         }
     }
 
-    fn usage(&self, stem: &str) -> Result<Usage> {
+    fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage> {
+        let stem = v.stem;
         let path = self.path(stem);
         let id = self
             .id(stem)?
@@ -217,10 +220,6 @@ impl Backend for BtrfsBackend {
             bytes: q.referenced,
             inodes: 0,
         })
-    }
-
-    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64 {
-        self.usage(stem).map_or(0, |u| u.bytes.min(capacity_bytes))
     }
 
     fn backings(&self) -> Result<Vec<String>> {

@@ -1,18 +1,27 @@
-//! `dir` pools: a volume is a directory in the pool. Sizes are accounted by the engine, not enforced here (the
-//! quota-aware dir pool enforces them where the filesystem has project quota).
+//! `dir` pools: a volume is a directory in the pool, in one of two modes chosen at start-up:
+//! - **project quota**, where the pool's filesystem has it on (XFS mounted with `prjquota`, ext4 with the
+//!   `project` feature and `prjquota`): each volume directory carries its own project ID (inherited by everything
+//!   made in it) with a hard limit of its size, so writes past it fail with EDQUOT, usage comes from the quota in
+//!   O(1), and `df` in the pod shows the volume's size;
+//! - **accounted**, elsewhere: sizes are accounted, not enforced, and usage comes from a background measurement
+//!   refreshed at an interval, never from a tree walk inside an RPC.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
-    sync::Mutex,
-    time::{Duration, Instant},
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
 };
 
-use super::{Attachment, Backend, ProvisionSpec, Usage};
+use loam_sys::host::Host;
+use tracing::{debug, info, warn};
+
+use super::{Attachment, Backend, ProvisionSpec, Usage, VolumeRef};
 use crate::{
     capability::{self, Refusal},
-    error::{IoContext, Result},
-    spec::PoolKind,
+    error::{Error, IoContext, Result},
+    spec::{DEFAULT_PROJECT_IDS, DEFAULT_USAGE_REFRESH_SECONDS, DirQuota, DirSpec, PoolKind},
     types::{AccessType, Capability},
 };
 
@@ -20,31 +29,98 @@ use crate::{
 /// fsGroup on top (CSIDriver fsGroupPolicy: File). The parent directory is private to root.
 pub(crate) const VOLUME_DIR_MODE: u32 = 0o777;
 
-/// How long a measured usage counts for capacity: measuring walks the volume's tree.
-const WRITTEN_TTL: Duration = Duration::from_secs(10);
+/// Quota limits are whole 4 KiB blocks.
+const QUOTA_GRANULARITY: u64 = 4096;
+
+#[derive(Debug)]
+enum Mode {
+    Quota {
+        ids: RangeInclusive<u32>,
+        /// 0: none.
+        inode_limit: u64,
+    },
+    Accounted(Arc<Measurer>),
+}
 
 #[derive(Debug)]
 pub struct DirBackend {
     volumes: PathBuf,
-    /// Bytes each volume had written when last measured, and when.
-    written: Mutex<HashMap<String, (Instant, u64)>>,
+    host: Arc<dyn Host>,
+    mode: Mode,
+}
+
+/// Picks the mode of a dir pool: project quota where its filesystem enforces it (unless the config says off),
+/// accounted otherwise. A pool whose config requires quota on a filesystem without it is a configuration error.
+pub fn choose_mode(spec: &DirSpec, root: &Path, host: &dyn Host) -> Result<bool> {
+    if spec.quota == DirQuota::Off {
+        return Ok(false);
+    }
+    let state = host.project_quota_state(root);
+    let enforcing = matches!(state, Ok(Some(s)) if s.enforcing);
+    if enforcing {
+        info!(pool = %spec.name, "project quota enforcing on the pool's filesystem: sizes enforced");
+        return Ok(true);
+    }
+    let why = match state {
+        Ok(Some(_)) => "project quota is accounting but not enforcing".to_owned(),
+        Ok(None) => "the filesystem has no project quota".to_owned(),
+        Err(e) => format!("project quota cannot be read: {e}"),
+    };
+    if spec.quota == DirQuota::Required {
+        return Err(Error::invalid(
+            "pool",
+            format!(
+                "pool {}: quota = \"required\", but at {} {why}: mount XFS with prjquota, or make ext4 with \
+                 -O quota,project and mount it with prjquota; or set quota = \"auto\" to accept accounted sizes",
+                spec.name,
+                root.display()
+            ),
+        ));
+    }
+    warn!(pool = %spec.name, path = %root.display(), reason = %why,
+          "sizes accounted, not enforced: volumes can write past their size");
+    Ok(false)
 }
 
 impl DirBackend {
-    /// `volumes` is the pool's `volumes/` directory.
-    pub fn new(volumes: PathBuf) -> Self {
-        DirBackend {
-            volumes,
-            written: Mutex::default(),
-        }
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, u64)>> {
-        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    /// `volumes` is the pool's `volumes/` directory; `quota` says whether sizes are enforced with project quota
+    /// (see [`choose_mode`]).
+    pub fn new(volumes: PathBuf, spec: &DirSpec, quota: bool, host: Arc<dyn Host>) -> Self {
+        let mode = if quota {
+            let [first, last] = spec.project_ids.unwrap_or(DEFAULT_PROJECT_IDS);
+            Mode::Quota {
+                ids: first..=last,
+                inode_limit: spec.inode_limit.unwrap_or(0),
+            }
+        } else {
+            let every = Duration::from_secs(
+                spec.usage_refresh_seconds
+                    .unwrap_or(DEFAULT_USAGE_REFRESH_SECONDS),
+            );
+            Mode::Accounted(Measurer::start(volumes.clone(), every))
+        };
+        DirBackend { volumes, host, mode }
     }
 
     fn path(&self, stem: &str) -> PathBuf {
         self.volumes.join(stem)
+    }
+
+    fn project(v: &VolumeRef<'_>) -> Result<u32> {
+        v.project_id.ok_or_else(|| {
+            Error::Precondition(format!(
+                "volume {} has no project ID in its record, but its pool enforces sizes with project quota",
+                v.stem
+            ))
+        })
+    }
+}
+
+impl Drop for DirBackend {
+    fn drop(&mut self) {
+        if let Mode::Accounted(m) = &self.mode {
+            m.stop();
+        }
     }
 }
 
@@ -53,51 +129,137 @@ impl Backend for DirBackend {
         PoolKind::Dir
     }
 
+    fn granularity(&self) -> u64 {
+        match self.mode {
+            Mode::Quota { .. } => QUOTA_GRANULARITY,
+            Mode::Accounted(_) => 1,
+        }
+    }
+
     fn enforces_size(&self) -> bool {
-        false
+        matches!(self.mode, Mode::Quota { .. })
     }
 
     fn refusal(&self, cap: &Capability) -> Option<Refusal> {
         directory_refusal(cap, "dir")
     }
 
+    fn project_ids(&self) -> Option<RangeInclusive<u32>> {
+        match &self.mode {
+            Mode::Quota { ids, .. } => Some(ids.clone()),
+            Mode::Accounted(_) => None,
+        }
+    }
+
+    fn project_id_free(&self, id: u32) -> bool {
+        // Free only if nothing on the filesystem is charged to it and no limit is set: a directory made by
+        // someone else (or a volume whose record is unreadable) may hold it.
+        self.host
+            .project_usage(&self.volumes, id)
+            .is_ok_and(|u| u == loam_sys::host::ProjectUsage::default())
+    }
+
     fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()> {
+        let path = self.path(spec.stem);
         loam_sys::fs::create_dir_checked(&self.volumes, spec.stem, VOLUME_DIR_MODE)
-            .ctx(|| format!("creating directory {}", self.path(spec.stem).display()))?;
+            .ctx(|| format!("creating directory {}", path.display()))?;
+        match &self.mode {
+            Mode::Quota { inode_limit, .. } => {
+                let id = Self::project(&spec.volume())?;
+                self.host
+                    .set_project(&path, id)
+                    .ctx(|| format!("giving {} project ID {id}", path.display()))?;
+                self.host
+                    .set_project_limit(&self.volumes, id, spec.capacity_bytes, *inode_limit)
+                    .ctx(|| {
+                        format!(
+                            "limiting project {id} ({}) to {} bytes",
+                            path.display(),
+                            spec.capacity_bytes
+                        )
+                    })
+            }
+            Mode::Accounted(m) => {
+                m.measure(spec.stem);
+                Ok(())
+            }
+        }
+    }
+
+    fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
+        loam_sys::fs::remove_tree_beneath(&self.volumes, v.stem)
+            .ctx(|| format!("removing directory {}", self.path(v.stem).display()))?;
+        match &self.mode {
+            Mode::Quota { .. } => {
+                // The limit goes once nothing is charged to the project any more; a volume whose create was
+                // interrupted before it had an ID has no limit to clear.
+                if let Some(id) = v.project_id {
+                    self.host
+                        .set_project_limit(&self.volumes, id, 0, 0)
+                        .ctx(|| format!("clearing the limit of project {id}"))?;
+                }
+            }
+            Mode::Accounted(m) => m.forget(v.stem),
+        }
         Ok(())
     }
 
-    fn destroy(&self, stem: &str) -> Result<()> {
-        self.cache().remove(stem);
-        loam_sys::fs::remove_tree_beneath(&self.volumes, stem)
-            .ctx(|| format!("removing directory {}", self.path(stem).display()))
-    }
-
-    fn check(&self, stem: &str, _capacity_bytes: u64) -> Option<String> {
-        let path = self.path(stem);
-        (!loam_sys::fs::is_dir_no_follow(&path))
-            .then(|| format!("the volume's directory {} is missing", path.display()))
-    }
-
-    fn usage(&self, stem: &str) -> Result<Usage> {
-        let path = self.path(stem);
-        let u = loam_sys::fs::tree_usage(&path).ctx(|| format!("measuring {}", path.display()))?;
-        Ok(Usage {
-            bytes: u.bytes,
-            inodes: u.inodes,
-        })
-    }
-
-    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64 {
-        if let Some((at, bytes)) = self.cache().get(stem)
-            && at.elapsed() < WRITTEN_TTL
-        {
-            return (*bytes).min(capacity_bytes);
+    fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
+        let path = self.path(v.stem);
+        if !loam_sys::fs::is_dir_no_follow(&path) {
+            return Some(format!("the volume's directory {} is missing", path.display()));
         }
-        // Unmeasurable counts as nothing written: the whole size stays held back.
-        let bytes = self.usage(stem).map_or(0, |u| u.bytes);
-        self.cache().insert(stem.to_owned(), (Instant::now(), bytes));
-        bytes.min(capacity_bytes)
+        let Mode::Quota { .. } = self.mode else {
+            return None;
+        };
+        let want = match Self::project(v) {
+            Ok(id) => id,
+            Err(e) => return Some(e.to_string()),
+        };
+        match self.host.get_project(&path) {
+            Ok((id, _)) if id != want => {
+                return Some(format!(
+                    "{} carries project ID {id}, but the volume's record says {want}",
+                    path.display()
+                ));
+            }
+            Ok((_, false)) => {
+                return Some(format!(
+                    "{} has lost its project-inherit flag: new files in it escape the volume's quota",
+                    path.display()
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(format!("cannot read the project ID of {}: {e}", path.display())),
+        }
+        match self.host.project_usage(&self.volumes, want) {
+            Ok(u) if u.bytes_limit == v.capacity_bytes => None,
+            Ok(u) => Some(format!(
+                "the quota limit of project {want} ({}) is {} bytes, not the volume's size {} (changed by hand?); \
+                 loam leaves it as it is",
+                path.display(),
+                u.bytes_limit,
+                v.capacity_bytes
+            )),
+            Err(e) => Some(format!("cannot read the quota of project {want}: {e}")),
+        }
+    }
+
+    fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage> {
+        match &self.mode {
+            Mode::Quota { .. } => {
+                let id = Self::project(v)?;
+                let u = self
+                    .host
+                    .project_usage(&self.volumes, id)
+                    .ctx(|| format!("reading the quota of project {id}"))?;
+                Ok(Usage {
+                    bytes: u.bytes,
+                    inodes: u.inodes,
+                })
+            }
+            Mode::Accounted(m) => Ok(m.get(v.stem)),
+        }
     }
 
     fn backings(&self) -> Result<Vec<String>> {
@@ -121,6 +283,96 @@ impl Backend for DirBackend {
     }
 }
 
+/// Measures every volume directory of an accounted pool in the background, one tree walk per volume per
+/// interval, so reading a volume's usage never walks it. The measurement is as old as the interval at most.
+#[derive(Debug)]
+struct Measurer {
+    volumes: PathBuf,
+    every: Duration,
+    usage: Mutex<HashMap<String, Usage>>,
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Measurer {
+    fn start(volumes: PathBuf, every: Duration) -> Arc<Measurer> {
+        let m = Arc::new(Measurer {
+            volumes,
+            every,
+            usage: Mutex::default(),
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let worker = m.clone();
+        let spawned = std::thread::Builder::new()
+            .name("loam-usage".into())
+            .spawn(move || worker.run());
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the usage measurement; dir volumes report what was last measured");
+        }
+        m
+    }
+
+    fn run(&self) {
+        loop {
+            let stems = list_names(&self.volumes, "").unwrap_or_default();
+            for stem in &stems {
+                if self.is_stopped() {
+                    return;
+                }
+                self.measure(stem);
+            }
+            debug!(volumes = stems.len(), path = %self.volumes.display(), "volume usage measured");
+            let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+            let (stopped, _) = self
+                .wake
+                .wait_timeout_while(stopped, self.every, |s| !*s)
+                .unwrap_or_else(|e| e.into_inner());
+            if *stopped {
+                return;
+            }
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Usage>> {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Walks one volume now (a new, empty one at create costs nothing).
+    fn measure(&self, stem: &str) {
+        if let Ok(u) = loam_sys::fs::tree_usage(&self.volumes.join(stem)) {
+            self.cache().insert(
+                stem.to_owned(),
+                Usage {
+                    bytes: u.bytes,
+                    inodes: u.inodes,
+                },
+            );
+        }
+    }
+
+    /// The last measurement; nothing for a volume not measured yet.
+    fn get(&self, stem: &str) -> Usage {
+        self.cache()
+            .get(stem)
+            .copied()
+            .unwrap_or(Usage { bytes: 0, inodes: 0 })
+    }
+
+    fn forget(&self, stem: &str) {
+        self.cache().remove(stem);
+    }
+}
+
 /// What kinds whose volumes are directories (`kind`: dir, btrfs) cannot serve. Reader-only modes are served:
 /// their bind mounts are made read-only.
 pub(crate) fn directory_refusal(cap: &Capability, kind: &str) -> Option<Refusal> {
@@ -138,7 +390,7 @@ pub(crate) fn directory_refusal(cap: &Capability, kind: &str) -> Option<Refusal>
 }
 
 /// Names in `dir` that end in `suffix`, with the suffix removed.
-pub(crate) fn list_names(dir: &std::path::Path, suffix: &str) -> Result<Vec<String>> {
+pub(crate) fn list_names(dir: &Path, suffix: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).ctx(|| format!("reading {}", dir.display()))? {
         let e = e.ctx(|| format!("reading {}", dir.display()))?;
@@ -150,7 +402,7 @@ pub(crate) fn list_names(dir: &std::path::Path, suffix: &str) -> Result<Vec<Stri
 }
 
 /// Why `dir` cannot hold new volumes: not a directory, or not writable.
-pub(crate) fn writable_dir_problem(dir: &std::path::Path) -> Option<String> {
+pub(crate) fn writable_dir_problem(dir: &Path) -> Option<String> {
     if !loam_sys::fs::is_dir_no_follow(dir) {
         return Some(format!("{} is not a directory", dir.display()));
     }

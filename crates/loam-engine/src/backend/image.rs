@@ -15,7 +15,7 @@ use std::{
 
 use loam_sys::host::{Host, LoopConfig, LoopDevice};
 
-use super::{Attachment, Backend, Device, ProvisionSpec, Usage};
+use super::{Attachment, Backend, Device, ProvisionSpec, Usage, VolumeRef};
 use crate::{
     capability::{self, Refusal},
     error::{Error, IoContext, Result},
@@ -140,13 +140,15 @@ impl Backend for ImageBackend {
         })
     }
 
-    fn destroy(&self, stem: &str) -> Result<()> {
+    fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
+        let stem = v.stem;
         self.detach(stem)?;
         loam_sys::fs::remove_file_durable(&self.volumes, &Self::file_name(stem))
             .ctx(|| format!("removing image file {}", self.file(stem).display()))
     }
 
-    fn check(&self, stem: &str, capacity_bytes: u64) -> Option<String> {
+    fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
+        let (stem, capacity_bytes) = (v.stem, v.capacity_bytes);
         let path = self.file(stem);
         match std::fs::symlink_metadata(&path) {
             Err(e) => Some(format!(
@@ -174,17 +176,14 @@ impl Backend for ImageBackend {
         }
     }
 
-    fn usage(&self, stem: &str) -> Result<Usage> {
+    fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage> {
+        let stem = v.stem;
         let path = self.file(stem);
         let m = std::fs::symlink_metadata(&path).ctx(|| format!("measuring {}", path.display()))?;
         Ok(Usage {
             bytes: m.blocks().saturating_mul(512),
             inodes: 1,
         })
-    }
-
-    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64 {
-        self.usage(stem).map_or(0, |u| u.bytes.min(capacity_bytes))
     }
 
     fn backings(&self) -> Result<Vec<String>> {

@@ -24,6 +24,16 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// A volume as its backend knows it: what its record says of its backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeRef<'a> {
+    /// The volume's file-system name: 32 hex digits.
+    pub stem: &'a str,
+    pub capacity_bytes: u64,
+    /// The project ID its directory carries, for pools that enforce sizes with project quota.
+    pub project_id: Option<u32>,
+}
+
 /// What CreateVolume asks a backend to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvisionSpec<'a> {
@@ -34,6 +44,18 @@ pub struct ProvisionSpec<'a> {
     pub block: bool,
     /// The filesystem asked for, if any (already checked against the kind's allow-list).
     pub fs_type: Option<&'a str>,
+    /// The project ID allocated for it, when the backend asks for one ([`Backend::project_ids`]).
+    pub project_id: Option<u32>,
+}
+
+impl ProvisionSpec<'_> {
+    pub fn volume(&self) -> VolumeRef<'_> {
+        VolumeRef {
+            stem: self.stem,
+            capacity_bytes: self.capacity_bytes,
+            project_id: self.project_id,
+        }
+    }
 }
 
 /// A block device node on this node.
@@ -67,23 +89,35 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Why this kind cannot serve `cap`, if it cannot, naming what can.
     fn refusal(&self, cap: &Capability) -> Option<Refusal>;
 
+    /// Project IDs this kind gives its volumes (one each, recorded, never shared), if it uses any.
+    fn project_ids(&self) -> Option<std::ops::RangeInclusive<u32>> {
+        None
+    }
+
+    /// Whether nothing on the filesystem holds project ID `id` (checked before it is given to a new volume).
+    fn project_id_free(&self, _id: u32) -> bool {
+        true
+    }
+
     /// Makes the backing of a volume. Must succeed when it already exists from an interrupted attempt.
     fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()>;
 
-    /// Removes the backing of volume `stem` (detaching it first if it is attached and unused); succeeds when it
-    /// is already gone.
-    fn destroy(&self, stem: &str) -> Result<()>;
+    /// Removes the backing of a volume (detaching it first if it is attached and unused); succeeds when it is
+    /// already gone.
+    fn destroy(&self, v: &VolumeRef<'_>) -> Result<()>;
 
-    /// Why the backing differs from what the record says, if it does: missing, the wrong size, attached to a
-    /// device that shows another file.
-    fn check(&self, stem: &str, capacity_bytes: u64) -> Option<String>;
+    /// Why the backing differs from what the record says, if it does: missing, the wrong size or limit, attached
+    /// to a device that shows another file.
+    fn check(&self, v: &VolumeRef<'_>) -> Option<String>;
 
-    /// Space the volume's data takes on the pool's filesystem now (for dir volumes: a tree walk).
-    fn usage(&self, stem: &str) -> Result<Usage>;
+    /// Space the volume's data takes now, measured in O(1) (quota accounting, or a cached measurement).
+    fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage>;
 
-    /// Bytes of the volume's `capacity_bytes` already taken on the pool's filesystem: what is promised and not
-    /// yet written is the rest, which capacity holds back from what it offers.
-    fn written_bytes(&self, stem: &str, capacity_bytes: u64) -> u64;
+    /// Bytes of the volume's size already taken on the pool's filesystem: what is promised and not yet written is
+    /// the rest, which capacity holds back from what it offers.
+    fn written_bytes(&self, v: &VolumeRef<'_>) -> u64 {
+        self.usage(v).map_or(0, |u| u.bytes.min(v.capacity_bytes))
+    }
 
     /// Stems of every backing present, to find ones that have no record.
     fn backings(&self) -> Result<Vec<String>>;
