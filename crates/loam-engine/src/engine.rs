@@ -674,6 +674,11 @@ impl Engine {
             return Ok(none);
         }
         let available = pool.available();
+        if pool.backend.enforces_size() {
+            tracing::debug!(pool = %pool.name, available, "capacity");
+        } else {
+            tracing::debug!(pool = %pool.name, available, "capacity: sizes accounted, not enforced");
+        }
         let g = pool.backend.granularity();
         Ok(CapacityReport {
             available_bytes: available,
