@@ -242,7 +242,19 @@ impl Pool {
                 self.store.dir().display()
             ));
         }
-        self.backend.health().map(|r| format!("pool {}: {r}", self.name))
+        if let Some(r) = self.backend.health() {
+            return Some(format!("pool {}: {r}", self.name));
+        }
+        let ids = self.backend.project_ids()?;
+        let count = u64::from(*ids.end() - *ids.start()) + 1;
+        (self.state().projects.len() as u64 >= count).then(|| {
+            format!(
+                "pool {}: every project ID from {} to {} is in use; widen project_ids in its config",
+                self.name,
+                ids.start(),
+                ids.end()
+            )
+        })
     }
 
     /// Whether the pool was found whole at start-up (its records are loaded).
