@@ -10,9 +10,8 @@
 mod common;
 
 use std::{
-    collections::HashMap,
     fs::File,
-    io::{self, Read, Write},
+    io::Read,
     os::fd::AsFd,
     path::{Path, PathBuf},
     process::Command,
@@ -116,85 +115,6 @@ impl Quotas {
     }
 }
 
-/// One `[[pools]]` table; `extra` is more `key = value` lines.
-fn pool_toml(name: &str, kind: &str, path: &Path, extra: &str) -> String {
-    format!(
-        "[[pools]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\n{extra}\n",
-        path.display()
-    )
-}
-
-/// StorageClass parameters picking `pool`.
-fn in_pool(pool: &str) -> HashMap<String, String> {
-    HashMap::from([("pool".to_owned(), pool.to_owned())])
-}
-
-/// [`create_req`] in `pool` with `caps`.
-fn create_in(
-    pool: &str,
-    name: &str,
-    size: i64,
-    caps: Vec<csi::VolumeCapability>,
-) -> csi::CreateVolumeRequest {
-    csi::CreateVolumeRequest {
-        volume_capabilities: caps,
-        parameters: in_pool(pool),
-        ..create_req(name, size)
-    }
-}
-
-/// A mount capability with a filesystem type.
-fn mount_cap_fs(mode: Mode, fs_type: &str) -> csi::VolumeCapability {
-    csi::VolumeCapability {
-        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
-        access_type: Some(csi::volume_capability::AccessType::Mount(
-            csi::volume_capability::MountVolume {
-                fs_type: fs_type.to_owned(),
-                ..Default::default()
-            },
-        )),
-    }
-}
-
-/// GetCapacity of `pool`: available bytes.
-async fn available_in(ctl: &mut csi::controller_client::ControllerClient<Channel>, pool: &str) -> i64 {
-    ok(ctl
-        .get_capacity(csi::GetCapacityRequest {
-            parameters: in_pool(pool),
-            ..Default::default()
-        })
-        .await)
-    .available_capacity
-}
-
-/// GetPluginInfo's manifest entry of `pool`.
-async fn pool_state(srv: &Server, pool: &str) -> String {
-    let info = ok(srv
-        .identity()
-        .await
-        .get_plugin_info(csi::GetPluginInfoRequest {})
-        .await);
-    info.manifest
-        .get(&format!("pool/{pool}"))
-        .unwrap_or_else(|| panic!("no pool/{pool} in the manifest {:?}", info.manifest))
-        .clone()
-}
-
-/// ControllerGetVolume's condition of volume `id`.
-async fn controller_condition(
-    ctl: &mut csi::controller_client::ControllerClient<Channel>,
-    id: &str,
-) -> csi::VolumeCondition {
-    ok(ctl
-        .controller_get_volume(csi::ControllerGetVolumeRequest {
-            volume_id: id.to_owned(),
-        })
-        .await)
-    .status
-    .and_then(|s| s.volume_condition)
-    .unwrap_or_else(|| panic!("ControllerGetVolume of {id}: no volume condition"))
-}
-
 /// The subvolume of volume `id` in the btrfs pool at `pool_root`.
 fn subvolume(pool_root: &Path, id: &str) -> PathBuf {
     pool_root.join("volumes").join(volume_hex(id))
@@ -222,21 +142,6 @@ fn syncfs(path: &Path) {
     rustix::fs::syncfs(f.as_fd()).unwrap_or_else(|e| panic!("syncfs of {}: {e}", path.display()));
 }
 
-/// Reproducible non-uniform bytes, so a misplaced or stale block shows.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u64 * 131 + (i as u64 >> 12) * 7 + u64::from(seed)) as u8)
-        .collect()
-}
-
-/// Writes `data` to a new file at `path` and syncs it.
-fn write_synced(path: &Path, data: &[u8]) {
-    let mut f = File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-}
-
 /// Reads the whole file at `path`.
 fn read_all(path: &Path) -> Vec<u8> {
     let mut data = Vec::new();
@@ -244,31 +149,6 @@ fn read_all(path: &Path) -> Vec<u8> {
         .and_then(|mut f| f.read_to_end(&mut data))
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     data
-}
-
-/// Writes 1 MiB chunks of non-zero data to a new file at `path` until `limit` bytes are written or a write
-/// fails, then syncs; returns the first error (of a write or of the sync), or `None` if everything fit.
-fn fill(path: &Path, limit: u64) -> Option<io::Error> {
-    let mut f = File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    let chunk = vec![0xa5u8; MIB as usize];
-    let mut written = 0u64;
-    while written < limit {
-        if let Err(e) = f.write_all(&chunk) {
-            return Some(e);
-        }
-        written += chunk.len() as u64;
-    }
-    f.sync_all().err()
-}
-
-/// Entries in the directory `dir`, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// The level-0 qgroups `btrfs qgroup show -r --raw <mnt>` lists (its first column, `0/<id>`).
@@ -308,6 +188,22 @@ fn btrfs_pool(fs: &PoolFs, extra: &str) -> (PathBuf, String) {
     (root, toml)
 }
 
+/// A fresh btrfs filesystem made ready as `quotas` says, and a server with the pool `bt` on it (`extra` lines,
+/// then `quotas`'s `quota` line); checks that the server's log and the filesystem show the accounting `quotas`
+/// wants. Returns the filesystem, the pool's directory and the server.
+fn start_with_quotas(quotas: Quotas, extra: &str) -> (PoolFs, PathBuf, Server) {
+    let fs = PoolFs::btrfs(FS_BYTES);
+    quotas.prepare(&fs);
+    let (pool_root, toml) = btrfs_pool(&fs, &format!("{extra}{}", quotas.config()));
+    let srv = Server::start_with_config(NODE, |_| toml, &[]);
+    quotas.assert_logged(&srv);
+    assert_eq!(
+        loam_sys::btrfs::quota_mode(&fs.mount_point).unwrap(),
+        quotas.mode()
+    );
+    (fs, pool_root, srv)
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // 1. Sizes enforced by the qgroup limit, usage from the qgroup, capacity
 
@@ -315,17 +211,9 @@ fn btrfs_pool(fs: &PoolFs, extra: &str) -> (PathBuf, String) {
 /// pool's configured budget, if any. Checks the subvolumes and their limits, the stats of a volume holding
 /// 4 MiB, EDQUOT past the size with the neighbour intact, and GetCapacity all along.
 async fn enforcement_and_usage(quotas: Quotas, capacity: Option<i64>) {
-    let fs = PoolFs::btrfs(FS_BYTES);
-    quotas.prepare(&fs);
     let budget = capacity.map_or(String::new(), |c| format!("capacity = {c}\n"));
-    let (pool_root, toml) = btrfs_pool(&fs, &format!("{budget}{}", quotas.config()));
-    let srv = Server::start_with_config(NODE, |_| toml, &[]);
+    let (fs, pool_root, srv) = start_with_quotas(quotas, &budget);
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
-    quotas.assert_logged(&srv);
-    assert_eq!(
-        loam_sys::btrfs::quota_mode(&fs.mount_point).unwrap(),
-        quotas.mode()
-    );
     let state = pool_state(&srv, POOL).await;
     assert!(
         state.starts_with("ready:") && state.contains("btrfs") && state.contains("sizes enforced"),
@@ -530,16 +418,8 @@ async fn btrfs_full_qgroups_enforce_sizes_and_report_usage() {
 
 /// A volume holding data is unpublished, unstaged and deleted: its subvolume, its qgroup and its record go.
 async fn deletion_leaves_nothing(quotas: Quotas) {
-    let fs = PoolFs::btrfs(FS_BYTES);
-    quotas.prepare(&fs);
-    let (pool_root, toml) = btrfs_pool(&fs, quotas.config());
-    let srv = Server::start_with_config(NODE, |_| toml, &[]);
+    let (fs, pool_root, srv) = start_with_quotas(quotas, "");
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
-    quotas.assert_logged(&srv);
-    assert_eq!(
-        loam_sys::btrfs::quota_mode(&fs.mount_point).unwrap(),
-        quotas.mode()
-    );
     let mnt = &fs.mount_point;
     let before = loam_sys::btrfs::qgroup_ids(mnt).unwrap();
 
@@ -555,9 +435,7 @@ async fn deletion_leaves_nothing(quotas: Quotas) {
         "btrfs qgroup show lacks {shown}: {:?}",
         qgroups_shown(mnt)
     );
-    let record = pool_root
-        .join("records")
-        .join(format!("{}.json", volume_hex(&id)));
+    let record = record_file(&pool_root, &id);
     assert!(record.is_file());
 
     let (staging, target) = (srv.staging_dir("staging"), srv.target_path("pod"));
@@ -835,7 +713,7 @@ async fn btrfs_pool_refuses_block_and_fs_types() {
                 POOL,
                 fs_type,
                 SIZE,
-                vec![mount_cap_fs(snw_mode, fs_type)],
+                vec![mount_cap_fs(snw_mode, fs_type, &[])],
             ))
             .await,
             Code::InvalidArgument,
@@ -855,7 +733,7 @@ async fn btrfs_pool_refuses_block_and_fs_types() {
     };
     let r = ok(ctl.validate_volume_capabilities(validate(snw())).await);
     assert!(r.confirmed.is_some(), "{r:?}");
-    for cap in [block_cap(snw_mode), mount_cap_fs(snw_mode, "ext4")] {
+    for cap in [block_cap(snw_mode), mount_cap_fs(snw_mode, "ext4", &[])] {
         let r = ok(ctl.validate_volume_capabilities(validate(cap.clone())).await);
         assert!(r.confirmed.is_none(), "{cap:?} confirmed: {r:?}");
         assert!(!r.message.is_empty(), "{cap:?}: no message");
@@ -864,7 +742,7 @@ async fn btrfs_pool_refuses_block_and_fs_types() {
     // NodeStage refuses them too, and mounts nothing.
     let mut node = srv.node().await;
     let staging = srv.staging_dir("staging");
-    for cap in [block_cap(snw_mode), mount_cap_fs(snw_mode, "ext4")] {
+    for cap in [block_cap(snw_mode), mount_cap_fs(snw_mode, "ext4", &[])] {
         let st = expect_code(
             node.node_stage_volume(stage_req(&id, &staging, cap.clone()))
                 .await,

@@ -1227,25 +1227,17 @@ async fn loam_create_volume_path_like_name_stays_in_pool() {
         assert!(srv.volume_dir(&vol.volume_id).is_dir());
         ids.push(volume_hex(&vol.volume_id).to_owned());
     }
-    let names = |p: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
     ids.sort();
-    assert_eq!(names(&srv.volumes_dir()), ids);
-    assert_eq!(names(&srv.root), vec!["csi.sock", "data", "loam.log"]);
-    assert_eq!(names(&srv.data_dir()), vec!["node", "pools"]);
+    assert_eq!(entries(&srv.volumes_dir()), ids);
+    assert_eq!(entries(&srv.root), vec!["csi.sock", "data", "loam.log"]);
+    assert_eq!(entries(&srv.data_dir()), vec!["node", "pools"]);
     assert_eq!(
-        names(&srv.data_dir().join("node")),
+        entries(&srv.data_dir().join("node")),
         vec!["loam.lock", "mounts", "pools"]
     );
-    assert_eq!(names(&srv.data_dir().join("pools")), vec!["default"]);
+    assert_eq!(entries(&srv.data_dir().join("pools")), vec!["default"]);
     assert_eq!(
-        names(&srv.data_dir().join("pools/default")),
+        entries(&srv.data_dir().join("pools/default")),
         vec!["loam-pool.json", "loam.lock", "records", "volumes"]
     );
 }

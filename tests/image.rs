@@ -10,9 +10,7 @@
 mod common;
 
 use std::{
-    collections::HashMap,
     fs::File,
-    io::{self, Write},
     os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
@@ -25,21 +23,13 @@ use loam_sys::{
     mountinfo::MountTable,
     testutil::{require_root, skip},
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 /// The loop devices' logical block size, and so the image volumes' size granularity.
 const BLOCK: i64 = 4096;
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
-
-/// One `[[pools]]` table; `extra` is more `key = value` lines.
-fn pool_toml(name: &str, kind: &str, path: &Path, extra: &str) -> String {
-    format!(
-        "[[pools]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\n{extra}\n",
-        path.display()
-    )
-}
 
 /// A thick image pool `thick` (the default) and a thin one `thin`, in the server's directory.
 fn thick_and_thin(root: &Path) -> String {
@@ -50,37 +40,13 @@ fn thick_and_thin(root: &Path) -> String {
     )
 }
 
-/// StorageClass parameters picking `pool`.
-fn in_pool(pool: &str) -> HashMap<String, String> {
-    HashMap::from([("pool".to_owned(), pool.to_owned())])
-}
-
-/// [`create_req`] in `pool` with `caps`.
-fn create_in(
-    pool: &str,
-    name: &str,
-    size: i64,
-    caps: Vec<csi::VolumeCapability>,
-) -> csi::CreateVolumeRequest {
-    csi::CreateVolumeRequest {
-        volume_capabilities: caps,
-        parameters: in_pool(pool),
-        ..create_req(name, size)
-    }
-}
-
-/// A mount capability with a filesystem type ("" for the default) and mount flags.
-fn mount_cap_fs(mode: Mode, fs_type: &str, flags: &[&str]) -> csi::VolumeCapability {
-    csi::VolumeCapability {
-        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
-        access_type: Some(csi::volume_capability::AccessType::Mount(
-            csi::volume_capability::MountVolume {
-                fs_type: fs_type.to_owned(),
-                mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
-                ..Default::default()
-            },
-        )),
-    }
+/// A server with the pools of [`thick_and_thin`], and a [`LoopGuard`] watching its directory. Bind the guard to a
+/// name (not `_`): declared before the server, it drops after it.
+fn start_thick_and_thin() -> (LoopGuard, Server) {
+    let loops = LoopGuard::new();
+    let srv = Server::start_with_config(NODE, thick_and_thin, &[]);
+    loops.watch(&srv.root);
+    (loops, srv)
 }
 
 fn smw_block() -> csi::VolumeCapability {
@@ -90,11 +56,6 @@ fn smw_block() -> csi::VolumeCapability {
 /// The image file of volume `id` in the image pool at `pool_root`.
 fn image_file(pool_root: &Path, id: &str) -> PathBuf {
     pool_root.join("volumes").join(format!("{}.img", volume_hex(id)))
-}
-
-/// The record file of volume `id` in the pool at `pool_root`.
-fn record_file(pool_root: &Path, id: &str) -> PathBuf {
-    pool_root.join("records").join(format!("{}.json", volume_hex(id)))
 }
 
 /// The one loop device bound to `image`.
@@ -108,37 +69,6 @@ fn the_loop_of(image: &Path) -> loam_sys::loopdev::LoopDevice {
         image.display()
     );
     devs.remove(0)
-}
-
-/// GetCapacity of `pool`: available bytes.
-async fn available_in(ctl: &mut csi::controller_client::ControllerClient<Channel>, pool: &str) -> i64 {
-    ok(ctl
-        .get_capacity(csi::GetCapacityRequest {
-            parameters: in_pool(pool),
-            ..Default::default()
-        })
-        .await)
-    .available_capacity
-}
-
-/// GetPluginInfo's manifest entry of `pool`.
-async fn pool_state(srv: &Server, pool: &str) -> String {
-    let info = ok(srv
-        .identity()
-        .await
-        .get_plugin_info(csi::GetPluginInfoRequest {})
-        .await);
-    info.manifest
-        .get(&format!("pool/{pool}"))
-        .unwrap_or_else(|| panic!("no pool/{pool} in the manifest {:?}", info.manifest))
-        .clone()
-}
-
-/// Reproducible non-uniform bytes, so a misplaced or stale block shows.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u64 * 131 + (i as u64 >> 12) * 7 + u64::from(seed)) as u8)
-        .collect()
 }
 
 /// `len` bytes at a 4096-byte aligned address, as O_DIRECT wants.
@@ -189,39 +119,6 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     f.read_exact_at(buf.bytes_mut(), offset)
         .unwrap_or_else(|e| panic!("reading {} O_DIRECT: {e}", path.display()));
     buf.bytes().to_vec()
-}
-
-/// Writes `data` to a new file at `path` and syncs it.
-fn write_synced(path: &Path, data: &[u8]) {
-    let mut f = File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-}
-
-/// Writes 1 MiB chunks to a new file at `path` until `limit` bytes are written or a write fails, then syncs;
-/// returns the first error (of a write or of the sync), or `None` if everything fit.
-fn fill(path: &Path, limit: u64) -> Option<io::Error> {
-    let mut f = File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    let chunk = vec![0xa5u8; MIB as usize];
-    let mut written = 0u64;
-    while written < limit {
-        if let Err(e) = f.write_all(&chunk) {
-            return Some(e);
-        }
-        written += chunk.len() as u64;
-    }
-    f.sync_all().err()
-}
-
-/// Entries in the directory `dir`.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// How many times the server's log says it formatted volume `id`.
@@ -275,9 +172,7 @@ fn run_briefly(mut cmd: Command, within: Duration) -> (ExitStatus, String, Durat
 /// A filesystem volume's whole life in image pool `pool` (of [`thick_and_thin`]), with `fs_type` ("" for the
 /// default, ext4) and `requested` bytes, next to a neighbour volume in the same pool holding data.
 async fn filesystem_volume_life(pool: &str, fs_type: &str, requested: i64) {
-    let loops = LoopGuard::new();
-    let srv = Server::start_with_config(NODE, thick_and_thin, &[]);
-    loops.watch(&srv.root);
+    let (_loops, srv) = start_thick_and_thin();
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
     let pool_root = srv.root.join(pool);
     let thick = pool == "thick";
@@ -472,9 +367,7 @@ async fn image_block_volume_published_twice_survives_restart() {
     if !require_root("image_block_volume_published_twice_survives_restart") {
         return;
     }
-    let loops = LoopGuard::new();
-    let mut srv = Server::start_with_config(NODE, thick_and_thin, &[]);
-    loops.watch(&srv.root);
+    let (_loops, mut srv) = start_thick_and_thin();
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
     let pool_root = srv.root.join("thick");
     let size = 32 * MIB;
@@ -615,9 +508,7 @@ async fn image_volume_after_reboot_is_attached_and_mounted_again_without_reforma
     if !require_root("image_volume_after_reboot_is_attached_and_mounted_again_without_reformatting") {
         return;
     }
-    let loops = LoopGuard::new();
-    let mut srv = Server::start_with_config(NODE, thick_and_thin, &[]);
-    loops.watch(&srv.root);
+    let (_loops, mut srv) = start_thick_and_thin();
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
     let pool_root = srv.root.join("thick");
 
@@ -902,15 +793,7 @@ async fn image_pool_on_an_unmounted_disk_is_degraded_and_untouched() {
     );
     let st = expect_code(ctl.delete_volume(delete_req(&id)).await, Code::FailedPrecondition);
     assert!(st.message().contains("disk"), "{}", st.message());
-    let got = ok(ctl
-        .controller_get_volume(csi::ControllerGetVolumeRequest {
-            volume_id: id.clone(),
-        })
-        .await);
-    let cond = got
-        .status
-        .and_then(|s| s.volume_condition)
-        .expect("volume condition");
+    let cond = controller_condition(&mut ctl, &id).await;
     assert!(cond.abnormal, "{cond:?}");
     assert!(!cond.message.is_empty());
     let state = pool_state(&srv, "disk").await;
@@ -971,12 +854,7 @@ async fn image_pool_on_an_unmounted_disk_is_degraded_and_untouched() {
         assert!(state.starts_with("ready:"), "{pool}: {state}");
         assert!(available_in(&mut ctl, pool).await > 0, "{pool}");
     }
-    let got = ok(ctl
-        .controller_get_volume(csi::ControllerGetVolumeRequest {
-            volume_id: id.clone(),
-        })
-        .await);
-    let cond = got.status.and_then(|s| s.volume_condition).unwrap();
+    let cond = controller_condition(&mut ctl, &id).await;
     assert!(!cond.abnormal, "{cond:?}");
     delete(&mut ctl, &id).await;
     assert!(!image.exists());

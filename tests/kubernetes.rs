@@ -82,7 +82,7 @@ async fn provisioner_and_kubelet_sequence() {
             limit_bytes: 0,
         }),
         volume_capabilities: vec![mount_cap(Mode::SingleNodeMultiWriter)],
-        parameters: HashMap::from([("pool".to_owned(), "default".to_owned())]),
+        parameters: in_pool("default"),
         accessibility_requirements: strict_topology(&segment),
         ..Default::default()
     };
@@ -189,7 +189,7 @@ async fn unknown_storage_class_parameter_is_refused_by_name() {
     let st = expect_code(ctl.create_volume(req).await, Code::InvalidArgument);
     assert!(st.message().contains("fstpye"), "{}", st.message());
     let mut req = create_req("pvc-pool", MIB);
-    req.parameters = HashMap::from([("pool".to_owned(), "ssd".to_owned())]);
+    req.parameters = in_pool("ssd");
     let st = expect_code(ctl.create_volume(req).await, Code::InvalidArgument);
     assert!(
         st.message().contains("ssd") && st.message().contains("default"),

@@ -505,6 +505,19 @@ pub fn volume_hex(id: &str) -> &str {
     hex
 }
 
+/// One `[[pools]]` table of a configuration file; `extra` is more `key = value` lines.
+pub fn pool_toml(name: &str, kind: &str, path: &Path, extra: &str) -> String {
+    format!(
+        "[[pools]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\n{extra}\n",
+        path.display()
+    )
+}
+
+/// The record file of volume `id` in the pool at `pool_root`.
+pub fn record_file(pool_root: &Path, id: &str) -> PathBuf {
+    pool_root.join("records").join(format!("{}.json", volume_hex(id)))
+}
+
 /// A path as a request string.
 pub fn s(p: &Path) -> String {
     p.to_str().expect("test paths are UTF-8").to_owned()
@@ -559,6 +572,20 @@ pub fn block_cap(mode: Mode) -> csi::VolumeCapability {
     }
 }
 
+/// A mount capability with a filesystem type ("" for the default) and mount flags.
+pub fn mount_cap_fs(mode: Mode, fs_type: &str, flags: &[&str]) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
+        access_type: Some(csi::volume_capability::AccessType::Mount(
+            csi::volume_capability::MountVolume {
+                fs_type: fs_type.to_owned(),
+                mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
 /// The capability most tests use: a mount volume, SINGLE_NODE_WRITER.
 pub fn snw() -> csi::VolumeCapability {
     mount_cap(Mode::SingleNodeWriter)
@@ -574,6 +601,25 @@ pub fn create_req(name: &str, size: i64) -> csi::CreateVolumeRequest {
         }),
         volume_capabilities: vec![snw()],
         ..Default::default()
+    }
+}
+
+/// StorageClass parameters picking `pool`.
+pub fn in_pool(pool: &str) -> HashMap<String, String> {
+    HashMap::from([("pool".to_owned(), pool.to_owned())])
+}
+
+/// [`create_req`] in `pool` with `caps`.
+pub fn create_in(
+    pool: &str,
+    name: &str,
+    size: i64,
+    caps: Vec<csi::VolumeCapability>,
+) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        volume_capabilities: caps,
+        parameters: in_pool(pool),
+        ..create_req(name, size)
     }
 }
 
@@ -665,6 +711,42 @@ pub async fn create_with(ctl: &mut ControllerClient<Channel>, req: csi::CreateVo
 /// Deletes volume `id`; the answer must be OK.
 pub async fn delete(ctl: &mut ControllerClient<Channel>, id: &str) {
     ok(ctl.delete_volume(delete_req(id)).await);
+}
+
+/// GetCapacity of `pool`: available bytes.
+pub async fn available_in(ctl: &mut ControllerClient<Channel>, pool: &str) -> i64 {
+    ok(ctl
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: in_pool(pool),
+            ..Default::default()
+        })
+        .await)
+    .available_capacity
+}
+
+/// GetPluginInfo's manifest entry of `pool`.
+pub async fn pool_state(srv: &Server, pool: &str) -> String {
+    let info = ok(srv
+        .identity()
+        .await
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await);
+    info.manifest
+        .get(&format!("pool/{pool}"))
+        .unwrap_or_else(|| panic!("no pool/{pool} in the manifest {:?}", info.manifest))
+        .clone()
+}
+
+/// ControllerGetVolume's condition of volume `id`.
+pub async fn controller_condition(ctl: &mut ControllerClient<Channel>, id: &str) -> csi::VolumeCondition {
+    ok(ctl
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: id.to_owned(),
+        })
+        .await)
+    .status
+    .and_then(|s| s.volume_condition)
+    .unwrap_or_else(|| panic!("ControllerGetVolume of {id}: no volume condition"))
 }
 
 /// Volume IDs of each ListVolumes page of `max_entries` (0: no limit), following next_token (up to 10 pages).
@@ -813,6 +895,48 @@ pub fn write_data(path: &Path, len: usize) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(&vec![0x5a; len])?;
     f.sync_all()
+}
+
+/// Reproducible non-uniform bytes, so a misplaced or stale block shows.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 * 131 + (i as u64 >> 12) * 7 + u64::from(seed)) as u8)
+        .collect()
+}
+
+/// Writes `data` to a new file at `path` and syncs it.
+pub fn write_synced(path: &Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// Writes 1 MiB chunks of non-zero data to a new file at `path` until `limit` bytes are written or a write
+/// fails, then syncs; returns the first error (of a write or of the sync), or `None` if everything fit.
+pub fn fill(path: &Path, limit: u64) -> Option<io::Error> {
+    use std::io::Write;
+    let mut f = File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut written = 0u64;
+    while written < limit {
+        if let Err(e) = f.write_all(&chunk) {
+            return Some(e);
+        }
+        written += chunk.len() as u64;
+    }
+    f.sync_all().err()
+}
+
+/// Entries in the directory `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 // ---------------------------------------------------------------------------------------------------------

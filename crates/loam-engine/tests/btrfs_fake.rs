@@ -1,101 +1,52 @@
 //! btrfs pools on the recording fake host: quota detection and enabling, subvolumes with limits, usage from the
 //! qgroup, limits changed by hand, and the degraded cases, without root. Real btrfs is in tests/btrfs.rs.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+mod common;
 
+use std::path::PathBuf;
+
+use common::{MIB, Setup, available, cap, hex, req};
 use loam_engine::{
-    Engine, EngineConfig, Error,
+    Engine, Error,
     spec::{BtrfsSpec, PoolSpec, QuotaChoice},
     types::{AccessMode, AccessType, Capability, CreateRequest, PublishRequest, StageRequest},
 };
-use loam_sys::{
-    fake::FakeHost,
-    host::{Host, Qgroup, QuotaMode},
-};
-
-const MIB: u64 = 1 << 20;
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    host: Arc<FakeHost>,
-}
+use loam_sys::host::{Host, Qgroup, QuotaMode};
 
 impl Setup {
     /// A fake btrfs filesystem at `<tmp>/fs` with quotas in `mode`.
-    fn new(mode: QuotaMode, simple_ok: bool) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        std::fs::create_dir(root.join("fs")).unwrap();
-        let host = Arc::new(FakeHost::new());
-        host.add_btrfs(&root.join("fs"), mode, simple_ok);
-        Setup {
-            _dir: dir,
-            root,
-            host,
-        }
+    fn btrfs(mode: QuotaMode, simple_ok: bool) -> Setup {
+        let s = Setup::new();
+        s.host.add_btrfs(&s.make_fs(), mode, simple_ok);
+        s
     }
 
     fn open_with(&self, path: PathBuf, quota: QuotaChoice) -> Engine {
-        Engine::open(EngineConfig {
-            node_id: "node-a".into(),
-            topology_key: "loam.csi/node".into(),
-            extra_topology: BTreeMap::new(),
-            pools: vec![PoolSpec::Btrfs(BtrfsSpec {
-                name: "bt".into(),
-                path,
-                capacity: Some(loam_engine::spec::ByteSize(100 * MIB)),
-                quota,
-            })],
-            default_pool: "bt".into(),
-            max_volumes_per_node: 0,
-            state_dir: self.root.join("node"),
-            host: self.host.clone(),
-        })
+        Engine::open(self.config(vec![PoolSpec::Btrfs(BtrfsSpec {
+            name: "bt".into(),
+            path,
+            capacity: Some(loam_engine::spec::ByteSize(100 * MIB)),
+            quota,
+        })]))
         .unwrap()
     }
 
     fn open(&self) -> Engine {
-        self.open_with(self.root.join("fs/loam"), QuotaChoice::Auto)
-    }
-
-    fn pool_root(&self) -> PathBuf {
-        self.root.join("fs/loam")
-    }
-}
-
-fn cap() -> Capability {
-    Capability {
-        access: AccessType::Mount {
-            fs_type: String::new(),
-            mount_flags: vec![],
-        },
-        mode: AccessMode::SingleNodeWriter,
+        self.open_with(self.pool_root(), QuotaChoice::Auto)
     }
 }
 
 fn create(e: &Engine, name: &str, size: u64) -> String {
-    e.create_volume(&CreateRequest {
-        name: name.into(),
-        required_bytes: size,
-        capabilities: vec![cap()],
-        ..Default::default()
-    })
-    .unwrap()
-    .id
+    e.create_volume(&req(name, size)).unwrap().id
 }
 
 fn degraded(e: &Engine) -> Option<String> {
     e.pool_status()[0].degraded.clone()
 }
 
-fn hex(id: &str) -> &str {
-    id.rsplit('_').next().unwrap()
-}
-
 #[test]
 fn quotas_off_turn_on_simple_where_the_kernel_can_else_full() {
-    let s = Setup::new(QuotaMode::Off, true);
+    let s = Setup::btrfs(QuotaMode::Off, true);
     let e = s.open();
     assert!(degraded(&e).is_none());
     assert_eq!(
@@ -111,7 +62,7 @@ fn quotas_off_turn_on_simple_where_the_kernel_can_else_full() {
     assert!(degraded(&e).is_none());
     assert_eq!(s.host.calls_of("btrfs_enable_quota").len(), 1);
 
-    let old = Setup::new(QuotaMode::Off, false);
+    let old = Setup::btrfs(QuotaMode::Off, false);
     let e = old.open();
     assert!(degraded(&e).is_none());
     assert_eq!(
@@ -125,7 +76,7 @@ fn quotas_off_turn_on_simple_where_the_kernel_can_else_full() {
 
 #[test]
 fn quotas_that_cannot_be_enabled_degrade_the_pool_naming_what_to_do() {
-    let s = Setup::new(QuotaMode::Off, false);
+    let s = Setup::btrfs(QuotaMode::Off, false);
     let e = s.open_with(s.pool_root(), QuotaChoice::Simple);
     let why = degraded(&e).unwrap();
     assert!(
@@ -133,15 +84,10 @@ fn quotas_that_cannot_be_enabled_degrade_the_pool_naming_what_to_do() {
         "{why}"
     );
     assert!(matches!(
-        e.create_volume(&CreateRequest {
-            name: "x".into(),
-            required_bytes: MIB,
-            capabilities: vec![cap()],
-            ..Default::default()
-        }),
+        e.create_volume(&req("x", MIB)),
         Err(Error::Exhausted(_))
     ));
-    let both = Setup::new(QuotaMode::Off, false);
+    let both = Setup::btrfs(QuotaMode::Off, false);
     both.host.fail_after("btrfs_enable_quota", 1, libc::EPERM);
     let why = degraded(&both.open()).unwrap();
     assert!(why.contains("enable them by hand"), "{why}");
@@ -149,7 +95,7 @@ fn quotas_that_cannot_be_enabled_degrade_the_pool_naming_what_to_do() {
 
 #[test]
 fn a_pool_on_another_filesystem_is_degraded_and_left_untouched() {
-    let s = Setup::new(QuotaMode::Simple, true);
+    let s = Setup::btrfs(QuotaMode::Simple, true);
     let elsewhere = s.root.join("ext4");
     std::fs::create_dir(&elsewhere).unwrap();
     let e = s.open_with(elsewhere.clone(), QuotaChoice::Auto);
@@ -167,12 +113,12 @@ fn a_pool_on_another_filesystem_is_degraded_and_left_untouched() {
 
 #[test]
 fn a_volume_is_a_subvolume_limited_to_its_size_and_measured_by_its_qgroup() {
-    let s = Setup::new(QuotaMode::Simple, true);
+    let s = Setup::btrfs(QuotaMode::Simple, true);
     let e = s.open();
     let id = create(&e, "v", 10 * MIB + 1);
     let size = 10 * MIB + 4096;
     assert_eq!(e.get_volume(&id).unwrap().capacity_bytes, size);
-    let sub = s.pool_root().join("volumes").join(hex(&id));
+    let sub = s.volume_dir(&id);
     assert!(sub.is_dir());
     let (qid, q) = s.host.qgroups(&s.root.join("fs"))[0];
     assert_eq!(q.max_referenced, Some(size));
@@ -201,7 +147,7 @@ fn a_volume_is_a_subvolume_limited_to_its_size_and_measured_by_its_qgroup() {
     assert!(st.bytes.available <= size - 3 * MIB);
     assert!(st.abnormal.is_none());
     // Capacity: what the volume has written counts as written, the rest stays promised.
-    let before = e.capacity(&BTreeMap::new(), &[], None).unwrap().available_bytes;
+    let before = available(&e);
     assert!(before <= 100 * MIB - size, "{before}");
     assert!(matches!(
         e.publish(&PublishRequest {
@@ -222,7 +168,7 @@ fn a_volume_is_a_subvolume_limited_to_its_size_and_measured_by_its_qgroup() {
 
 #[test]
 fn a_limit_changed_by_hand_is_reported_never_fixed() {
-    let s = Setup::new(QuotaMode::Full, true);
+    let s = Setup::btrfs(QuotaMode::Full, true);
     let e = s.open();
     let id = create(&e, "v", 8 * MIB);
     let (qid, mut q) = s.host.qgroups(&s.root.join("fs"))[0];
@@ -244,17 +190,17 @@ fn a_limit_changed_by_hand_is_reported_never_fixed() {
     // A lost qgroup, and a lost subvolume.
     s.host.set_qgroup(qid, None);
     assert!(e.get_volume(&id).unwrap().abnormal.unwrap().contains("no qgroup"));
-    std::fs::remove_dir_all(s.pool_root().join("volumes").join(hex(&id))).unwrap();
+    std::fs::remove_dir_all(s.volume_dir(&id)).unwrap();
     let why = e.get_volume(&id).unwrap().abnormal.unwrap();
     assert!(why.contains("is missing"), "{why}");
 }
 
 #[test]
 fn directories_in_place_of_subvolumes_are_never_deleted() {
-    let s = Setup::new(QuotaMode::Simple, true);
+    let s = Setup::btrfs(QuotaMode::Simple, true);
     let e = s.open();
     let id = create(&e, "v", MIB);
-    let sub = s.pool_root().join("volumes").join(hex(&id));
+    let sub = s.volume_dir(&id);
     // Swap the subvolume for a plain directory holding data.
     s.host
         .btrfs_delete_subvolume(sub.parent().unwrap(), hex(&id))
@@ -274,7 +220,7 @@ fn directories_in_place_of_subvolumes_are_never_deleted() {
 
 #[test]
 fn block_access_and_fs_types_are_refused_naming_the_kind_that_can() {
-    let s = Setup::new(QuotaMode::Simple, true);
+    let s = Setup::btrfs(QuotaMode::Simple, true);
     let e = s.open();
     let block = Capability {
         access: AccessType::Block,

@@ -3,27 +3,20 @@
 //! changed by hand, and the accounted mode whose usage comes from a background measurement, never from a walk in
 //! an RPC. Volume directories are real; mounts and quotas are the fake's.
 
+mod common;
+
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
+use common::{MIB, Setup, available, cap, hex, req};
 use loam_engine::{
     Engine, EngineConfig, Error,
     spec::{DirQuota, DirSpec, PoolSpec},
-    types::{AccessMode, AccessType, Capability, CreateRequest, StageRequest},
+    types::StageRequest,
 };
-use loam_sys::{fake::FakeHost, host::ProjectQuotaState};
-
-const MIB: u64 = 1 << 20;
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    host: Arc<FakeHost>,
-}
+use loam_sys::host::ProjectQuotaState;
 
 fn dir_spec(path: PathBuf) -> DirSpec {
     DirSpec {
@@ -39,46 +32,21 @@ fn dir_spec(path: PathBuf) -> DirSpec {
 
 impl Setup {
     /// A fake filesystem at `<tmp>/fs`, with project quota in `state` (None: none at all).
-    fn new(state: Option<ProjectQuotaState>) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        std::fs::create_dir(root.join("fs")).unwrap();
-        let host = Arc::new(FakeHost::new());
+    fn with_fs(state: Option<ProjectQuotaState>) -> Setup {
+        let s = Setup::new();
+        let fs = s.make_fs();
         if let Some(state) = state {
-            host.add_project_quota(&root.join("fs"), state);
+            s.host.add_project_quota(&fs, state);
         }
-        Setup {
-            _dir: dir,
-            root,
-            host,
-        }
+        s
     }
 
-    fn config(&self, spec: DirSpec) -> EngineConfig {
-        EngineConfig {
-            node_id: "node-a".into(),
-            topology_key: "loam.csi/node".into(),
-            extra_topology: BTreeMap::new(),
-            pools: vec![PoolSpec::Dir(spec)],
-            default_pool: "d".into(),
-            max_volumes_per_node: 0,
-            state_dir: self.root.join("node"),
-            host: self.host.clone(),
-        }
+    fn dir_config(&self, spec: DirSpec) -> EngineConfig {
+        self.config(vec![PoolSpec::Dir(spec)])
     }
 
     fn open(&self) -> Engine {
-        Engine::open(self.config(dir_spec(self.pool_root()))).unwrap()
-    }
-
-    fn pool_root(&self) -> PathBuf {
-        self.root.join("fs/loam")
-    }
-
-    fn volume_dir(&self, id: &str) -> PathBuf {
-        self.pool_root()
-            .join("volumes")
-            .join(id.rsplit('_').next().unwrap())
+        Engine::open(self.dir_config(dir_spec(self.pool_root()))).unwrap()
     }
 
     fn stage(&self, e: &Engine, id: &str) -> PathBuf {
@@ -99,32 +67,13 @@ const ENFORCING: ProjectQuotaState = ProjectQuotaState {
     enforcing: true,
 };
 
-fn cap() -> Capability {
-    Capability {
-        access: AccessType::Mount {
-            fs_type: String::new(),
-            mount_flags: vec![],
-        },
-        mode: AccessMode::SingleNodeWriter,
-    }
-}
-
-fn req(name: &str, size: u64) -> CreateRequest {
-    CreateRequest {
-        name: name.into(),
-        required_bytes: size,
-        capabilities: vec![cap()],
-        ..Default::default()
-    }
-}
-
 fn status(e: &Engine) -> loam_engine::PoolStatus {
     e.pool_status().remove(0)
 }
 
 #[test]
 fn project_quota_is_used_where_the_filesystem_enforces_it() {
-    let s = Setup::new(Some(ENFORCING));
+    let s = Setup::with_fs(Some(ENFORCING));
     let e = s.open();
     assert!(status(&e).size_enforced);
     let v = e.create_volume(&req("v", 10 * MIB + 1)).unwrap();
@@ -144,12 +93,8 @@ fn project_quota_is_used_where_the_filesystem_enforces_it() {
         )]
     );
     // The project ID is in the record.
-    let record = std::fs::read_to_string(
-        s.pool_root()
-            .join("records")
-            .join(format!("{}.json", v.id.rsplit('_').next().unwrap())),
-    )
-    .unwrap();
+    let record =
+        std::fs::read_to_string(s.pool_root().join("records").join(format!("{}.json", hex(&v.id)))).unwrap();
     assert!(record.contains("\"project_id\": 500"), "{record}");
     assert!(e.get_volume(&v.id).unwrap().abnormal.is_none());
 
@@ -174,7 +119,7 @@ fn project_quota_is_used_where_the_filesystem_enforces_it() {
 
 #[test]
 fn project_ids_are_never_shared_and_their_range_can_run_out() {
-    let s = Setup::new(Some(ENFORCING));
+    let s = Setup::with_fs(Some(ENFORCING));
     let e = s.open();
     // Something else on the filesystem holds 501 already.
     s.host.set_project_used(501, 4096, 1);
@@ -190,6 +135,9 @@ fn project_ids_are_never_shared_and_their_range_can_run_out() {
         Err(Error::Exhausted(m)) => assert!(m.contains("pool d") && m.contains("project_ids"), "{m}"),
         other => panic!("{other:?}"),
     }
+    // A pool out of IDs offers nothing, so the scheduler looks elsewhere, and says why.
+    assert_eq!(available(&e), 0);
+    assert!(status(&e).degraded.unwrap().contains("widen project_ids"));
     // A restart knows which IDs the records hold; a deleted volume's ID is free again.
     drop(e);
     let e = s.open();
@@ -204,7 +152,7 @@ fn project_ids_are_never_shared_and_their_range_can_run_out() {
 
 #[test]
 fn a_limit_or_project_changed_by_hand_is_reported_never_fixed() {
-    let s = Setup::new(Some(ENFORCING));
+    let s = Setup::with_fs(Some(ENFORCING));
     let e = s.open();
     let v = e.create_volume(&req("v", 8 * MIB)).unwrap();
     let volumes = s.pool_root().join("volumes");
@@ -237,7 +185,7 @@ fn without_enforcing_quota_sizes_are_accounted_and_said_so() {
             enforcing: false,
         }),
     ] {
-        let s = Setup::new(state);
+        let s = Setup::with_fs(state);
         let e = s.open();
         let st = status(&e);
         assert!(!st.size_enforced);
@@ -246,19 +194,19 @@ fn without_enforcing_quota_sizes_are_accounted_and_said_so() {
         assert!(s.host.calls_of("set_project").is_empty());
     }
     // Off: no quota even where the filesystem has it.
-    let s = Setup::new(Some(ENFORCING));
+    let s = Setup::with_fs(Some(ENFORCING));
     let mut spec = dir_spec(s.pool_root());
     spec.quota = DirQuota::Off;
-    let e = Engine::open(s.config(spec)).unwrap();
+    let e = Engine::open(s.dir_config(spec)).unwrap();
     assert!(!status(&e).size_enforced);
 }
 
 #[test]
 fn required_quota_without_it_refuses_to_start_naming_what_to_do() {
-    let s = Setup::new(None);
+    let s = Setup::with_fs(None);
     let mut spec = dir_spec(s.pool_root());
     spec.quota = DirQuota::Required;
-    match Engine::open(s.config(spec)) {
+    match Engine::open(s.dir_config(spec)) {
         Err(Error::Invalid { reason, .. }) => {
             assert!(
                 reason.contains("pool d")
@@ -274,10 +222,10 @@ fn required_quota_without_it_refuses_to_start_naming_what_to_do() {
 #[test]
 fn accounted_stats_read_the_measurement_and_never_walk_the_volume() {
     // One measurement an hour: whatever the volume holds meanwhile, stats answers from the last one.
-    let s = Setup::new(None);
+    let s = Setup::with_fs(None);
     let mut spec = dir_spec(s.pool_root());
     spec.usage_refresh_seconds = Some(3600);
-    let e = Engine::open(s.config(spec)).unwrap();
+    let e = Engine::open(s.dir_config(spec)).unwrap();
     let v = e.create_volume(&req("v", 64 * MIB)).unwrap();
     let staging = s.stage(&e, &v.id);
     let empty = e.stats(&v.id, &staging).unwrap();
@@ -299,7 +247,7 @@ fn accounted_stats_read_the_measurement_and_never_walk_the_volume() {
 
 #[test]
 fn the_background_measurement_catches_up_within_its_interval() {
-    let s = Setup::new(None);
+    let s = Setup::with_fs(None);
     let e = s.open(); // measures every second
     let v = e.create_volume(&req("v", 64 * MIB)).unwrap();
     let staging = s.stage(&e, &v.id);
@@ -319,7 +267,7 @@ fn the_background_measurement_catches_up_within_its_interval() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Capacity counts what the volume has written as written, from the same measurement.
-    let avail = e.capacity(&BTreeMap::new(), &[], None).unwrap().available_bytes;
+    let avail = available(&e);
     assert!(avail <= 100 * MIB - 64 * MIB + 1000 * 4096, "{avail}");
     e.unstage(&v.id, &staging).unwrap();
 }

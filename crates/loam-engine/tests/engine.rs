@@ -1,52 +1,29 @@
 //! Engine behaviour on a real directory pool in a temp dir: idempotency, capacity accounting under
 //! concurrency, and start-up recovery from interrupted operations and corrupt records. No root needed.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+use common::{MIB, available, engine_config, req};
 use loam_engine::{
     Engine, EngineConfig, Error,
     id::VolumeId,
     record::{VolumeRecord, VolumeState},
     spec::PoolSpec,
-    types::{AccessMode, AccessType, Capability, CreateRequest},
 };
 
-const MIB: u64 = 1 << 20;
-
+/// [`engine_config`] of one dir pool `default` of `capacity` bytes in `dir`, on the real host.
 fn config(dir: &Path, capacity: u64) -> EngineConfig {
-    EngineConfig {
-        node_id: "node-a".into(),
-        topology_key: "loam.csi/node".into(),
-        extra_topology: BTreeMap::new(),
-        pools: vec![PoolSpec::dir("default", dir.join("pools/default")).with_capacity(Some(capacity))],
-        default_pool: "default".into(),
-        max_volumes_per_node: 0,
-        state_dir: dir.join("node"),
-        host: Arc::new(loam_sys::host::RealHost),
-    }
-}
-
-fn req(name: &str, size: u64) -> CreateRequest {
-    CreateRequest {
-        name: name.into(),
-        required_bytes: size,
-        capabilities: vec![Capability {
-            access: AccessType::Mount {
-                fs_type: String::new(),
-                mount_flags: vec![],
-            },
-            mode: AccessMode::SingleNodeWriter,
-        }],
-        ..Default::default()
-    }
-}
-
-fn available(e: &Engine) -> u64 {
-    e.capacity(&BTreeMap::new(), &[], None).unwrap().available_bytes
+    engine_config(
+        dir,
+        vec![PoolSpec::dir("default", dir.join("pools/default")).with_capacity(Some(capacity))],
+        Arc::new(loam_sys::host::RealHost),
+    )
 }
 
 #[test]

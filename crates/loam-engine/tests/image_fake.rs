@@ -2,56 +2,32 @@
 //! fails after format, EBUSY on unmount), restarts and reboots, without root. Image files, records and staging
 //! directories are real files in a temp dir; mounts and loop devices are the fake's.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
+use common::{MIB, Setup, hex, in_pool, mount_cap, req};
 use loam_engine::{
     Engine, EngineConfig, Error,
     spec::PoolSpec,
     types::{AccessMode, AccessType, Capability, CreateRequest, PublishRequest, StageRequest},
 };
-use loam_sys::{fake::FakeHost, host::Host};
-
-const MIB: u64 = 1 << 20;
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    host: Arc<FakeHost>,
-}
+use loam_sys::host::Host;
 
 impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        Setup {
-            _dir: dir,
-            root,
-            host: Arc::new(FakeHost::new()),
-        }
-    }
-
-    fn config(&self) -> EngineConfig {
-        EngineConfig {
-            node_id: "node-a".into(),
-            topology_key: "loam.csi/node".into(),
-            extra_topology: BTreeMap::new(),
-            pools: vec![
-                PoolSpec::image("img", self.root.join("img")).with_capacity(Some(100 * MIB)),
-                PoolSpec::dir("dir", self.root.join("dir")).with_capacity(Some(100 * MIB)),
-            ],
-            default_pool: "img".into(),
-            max_volumes_per_node: 0,
-            state_dir: self.root.join("node"),
-            host: self.host.clone(),
-        }
+    /// Pools `img` (the default) and `dir`, of 100 MiB each.
+    fn pools_config(&self) -> EngineConfig {
+        self.config(vec![
+            PoolSpec::image("img", self.root.join("img")).with_capacity(Some(100 * MIB)),
+            PoolSpec::dir("dir", self.root.join("dir")).with_capacity(Some(100 * MIB)),
+        ])
     }
 
     fn open(&self) -> Engine {
-        Engine::open(self.config()).unwrap()
+        Engine::open(self.pools_config()).unwrap()
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -61,22 +37,11 @@ impl Setup {
     }
 
     fn image(&self, id: &str) -> PathBuf {
-        let hex = id.rsplit('_').next().unwrap();
-        self.root.join("img/volumes").join(format!("{hex}.img"))
+        self.root.join("img/volumes").join(format!("{}.img", hex(id)))
     }
 
     fn count(&self, op: &str) -> usize {
         self.host.calls_of(op).len()
-    }
-}
-
-fn mount_cap(fs_type: &str) -> Capability {
-    Capability {
-        access: AccessType::Mount {
-            fs_type: fs_type.into(),
-            mount_flags: vec![],
-        },
-        mode: AccessMode::SingleNodeWriter,
     }
 }
 
@@ -89,10 +54,8 @@ fn block_cap() -> Capability {
 
 fn create(e: &Engine, name: &str, size: u64, cap: Capability) -> String {
     e.create_volume(&CreateRequest {
-        name: name.into(),
-        required_bytes: size,
         capabilities: vec![cap],
-        ..Default::default()
+        ..req(name, size)
     })
     .unwrap()
     .id
@@ -114,6 +77,25 @@ fn publish(e: &Engine, id: &str, staging: &Path, target: &Path, cap: &Capability
         capability: cap.clone(),
         read_only: false,
     })
+}
+
+/// A 10 MiB volume `v` with the default filesystem, and a staging directory `<root>/staging` for it: returns the
+/// capability, the volume's ID and the staging path.
+fn new_volume(s: &Setup, e: &Engine) -> (Capability, String, PathBuf) {
+    let cap = mount_cap("");
+    let id = create(e, "v", 10 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    (cap, id, staging)
+}
+
+/// [`new_volume`], staged, and published at `<root>/pod/mount`: returns the volume's ID, the staging path and the
+/// target.
+fn published_volume(s: &Setup, e: &Engine) -> (String, PathBuf, PathBuf) {
+    let (cap, id, staging) = new_volume(s, e);
+    let target = s.dir("pod").join("mount");
+    stage(e, &id, &staging, &cap).unwrap();
+    publish(e, &id, &staging, &target, &cap).unwrap();
+    (id, staging, target)
 }
 
 #[test]
@@ -207,9 +189,7 @@ fn xfs_is_formatted_when_asked_and_a_volume_is_never_reformatted() {
 fn mkfs_failing_after_attach_leaves_nothing_attached() {
     let s = Setup::new();
     let e = s.open();
-    let cap = mount_cap("");
-    let id = create(&e, "v", 10 * MIB, cap.clone());
-    let staging = s.dir("staging");
+    let (cap, id, staging) = new_volume(&s, &e);
     s.host.fail("mkfs", libc::EIO);
     match stage(&e, &id, &staging, &cap) {
         Err(Error::Io { op, .. }) => assert!(op.contains("formatting /dev/loop0 as ext4"), "{op}"),
@@ -226,9 +206,7 @@ fn mkfs_failing_after_attach_leaves_nothing_attached() {
 fn mount_failing_after_format_detaches_and_the_retry_does_not_reformat() {
     let s = Setup::new();
     let e = s.open();
-    let cap = mount_cap("");
-    let id = create(&e, "v", 10 * MIB, cap.clone());
-    let staging = s.dir("staging");
+    let (cap, id, staging) = new_volume(&s, &e);
     s.host.fail("mount", libc::EINVAL);
     assert!(matches!(stage(&e, &id, &staging, &cap), Err(Error::Io { .. })));
     assert!(s.host.loops().is_empty());
@@ -246,9 +224,7 @@ fn mount_failing_after_format_detaches_and_the_retry_does_not_reformat() {
 fn busy_unmount_keeps_the_volume_staged_and_attached_until_a_retry() {
     let s = Setup::new();
     let e = s.open();
-    let cap = mount_cap("");
-    let id = create(&e, "v", 10 * MIB, cap.clone());
-    let staging = s.dir("staging");
+    let (cap, id, staging) = new_volume(&s, &e);
     stage(&e, &id, &staging, &cap).unwrap();
     s.host.fail("unmount", libc::EBUSY);
     match e.unstage(&id, &staging) {
@@ -421,12 +397,11 @@ fn capabilities_off_the_allow_list_are_invalid_everywhere() {
     stage(&e, &id, &staging, &flagged(&["noatime", "nodev"])).unwrap();
     assert!(s.host.calls_of("mount")[0].contains("[noatime,nodev]"));
     // Block on a dir pool names the kind that can.
-    let params = BTreeMap::from([("pool".to_owned(), "dir".to_owned())]);
     match e.create_volume(&CreateRequest {
         name: "blk".into(),
         required_bytes: MIB,
         capabilities: vec![block_cap()],
-        parameters: params,
+        parameters: in_pool("dir"),
         ..Default::default()
     }) {
         Err(Error::Invalid { reason, .. }) => assert!(reason.contains("kind image"), "{reason}"),
@@ -438,7 +413,7 @@ fn capabilities_off_the_allow_list_are_invalid_everywhere() {
 fn thick_images_are_allocated_and_thin_ones_sparse() {
     use std::os::unix::fs::MetadataExt;
     let s = Setup::new();
-    let mut cfg = s.config();
+    let mut cfg = s.pools_config();
     cfg.pools.push(PoolSpec::Image(loam_engine::spec::ImageSpec {
         name: "thin".into(),
         path: s.root.join("thin"),
@@ -454,7 +429,7 @@ fn thick_images_are_allocated_and_thin_ones_sparse() {
             name: "thin".into(),
             required_bytes: 8 * MIB,
             capabilities: vec![mount_cap("")],
-            parameters: BTreeMap::from([("pool".to_owned(), "thin".to_owned())]),
+            parameters: in_pool("thin"),
             ..Default::default()
         })
         .unwrap()
@@ -465,8 +440,7 @@ fn thick_images_are_allocated_and_thin_ones_sparse() {
         "thick: {} blocks",
         thick_m.blocks()
     );
-    let hex = thin.rsplit('_').next().unwrap();
-    let thin_m = std::fs::metadata(s.root.join(format!("thin/volumes/{hex}.img"))).unwrap();
+    let thin_m = std::fs::metadata(s.root.join(format!("thin/volumes/{}.img", hex(&thin)))).unwrap();
     assert_eq!(thin_m.len(), 8 * MIB);
     assert!(thin_m.blocks() * 512 < MIB, "thin: {} blocks", thin_m.blocks());
 }
@@ -475,12 +449,7 @@ fn thick_images_are_allocated_and_thin_ones_sparse() {
 fn a_backing_file_gone_under_a_mounted_volume_is_abnormal_in_stats_and_get() {
     let s = Setup::new();
     let e = s.open();
-    let cap = mount_cap("");
-    let id = create(&e, "v", 10 * MIB, cap.clone());
-    let staging = s.dir("staging");
-    let target = s.dir("pod").join("mount");
-    stage(&e, &id, &staging, &cap).unwrap();
-    publish(&e, &id, &staging, &target, &cap).unwrap();
+    let (id, _, target) = published_volume(&s, &e);
     assert!(e.stats(&id, &target).unwrap().abnormal.is_none());
     // Someone removes the image file and puts another in its place; the loop device keeps the old one.
     let img = s.image(&id);
@@ -502,12 +471,7 @@ fn a_backing_file_gone_under_a_mounted_volume_is_abnormal_in_stats_and_get() {
 fn a_volume_whose_device_lost_its_file_still_unpublishes_and_unstages() {
     let s = Setup::new();
     let e = s.open();
-    let cap = mount_cap("");
-    let id = create(&e, "v", 10 * MIB, cap.clone());
-    let staging = s.dir("staging");
-    let target = s.dir("pod").join("mount");
-    stage(&e, &id, &staging, &cap).unwrap();
-    publish(&e, &id, &staging, &target, &cap).unwrap();
+    let (id, staging, target) = published_volume(&s, &e);
     s.host.unlink_backing(&s.image(&id));
     e.unpublish(&id, &target).unwrap();
     e.unstage(&id, &staging).unwrap();

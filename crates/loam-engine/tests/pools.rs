@@ -2,59 +2,28 @@
 //! pool, and capacity that never offers space already promised. Real directories in a temp dir; the fake host
 //! stands in for statfs where a test needs a filesystem of a chosen fullness.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+mod common;
 
-use loam_engine::{
-    Engine, EngineConfig, Error,
-    pool::MARKER_FILE,
-    spec::PoolSpec,
-    types::{AccessMode, AccessType, Capability, CreateRequest},
-};
-use loam_sys::{fake::FakeHost, statfs::FsStats};
+use std::{collections::BTreeMap, sync::Arc};
 
-const MIB: u64 = 1 << 20;
+use common::{MIB, Setup, available, engine_config, in_pool};
+use loam_engine::{Engine, EngineConfig, Error, pool::MARKER_FILE, spec::PoolSpec, types::CreateRequest};
+use loam_sys::statfs::FsStats;
 
+/// [`engine_config`] on the real host.
 fn config(root: &std::path::Path, pools: Vec<PoolSpec>) -> EngineConfig {
-    EngineConfig {
-        node_id: "node-a".into(),
-        topology_key: "loam.csi/node".into(),
-        extra_topology: BTreeMap::new(),
-        default_pool: pools[0].name().to_owned(),
-        pools,
-        max_volumes_per_node: 0,
-        state_dir: root.join("node"),
-        host: Arc::new(loam_sys::host::RealHost),
-    }
+    engine_config(root, pools, Arc::new(loam_sys::host::RealHost))
 }
 
+/// [`common::req`] in `pool`.
 fn req(name: &str, size: u64, pool: &str) -> CreateRequest {
     CreateRequest {
-        name: name.into(),
-        required_bytes: size,
-        capabilities: vec![Capability {
-            access: AccessType::Mount {
-                fs_type: String::new(),
-                mount_flags: vec![],
-            },
-            mode: AccessMode::SingleNodeWriter,
-        }],
-        parameters: BTreeMap::from([("pool".to_owned(), pool.to_owned())]),
-        ..Default::default()
+        parameters: in_pool(pool),
+        ..common::req(name, size)
     }
 }
 
-struct Disk {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Disk {
-    fn new() -> Disk {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        Disk { _dir: dir, root }
-    }
-
+impl Setup {
     /// Two pools: `nvme` on a "disk" directory that tests take away, and `spare` that always stays.
     fn specs(&self) -> Vec<PoolSpec> {
         vec![
@@ -63,6 +32,7 @@ impl Disk {
         ]
     }
 
+    /// The engine with [`Setup::specs`], on the real host.
     fn open(&self) -> Engine {
         Engine::open(config(&self.root, self.specs())).unwrap()
     }
@@ -81,8 +51,10 @@ fn degraded(e: &Engine, pool: &str) -> Option<String> {
 fn assert_fails_alone(e: &Engine, id: &str, why: &str) {
     let reason = degraded(e, "nvme").expect("pool nvme is degraded");
     assert!(reason.contains("pool nvme") && reason.contains(why), "{reason}");
-    let params = BTreeMap::from([("pool".to_owned(), "nvme".to_owned())]);
-    assert_eq!(e.capacity(&params, &[], None).unwrap().available_bytes, 0);
+    assert_eq!(
+        e.capacity(&in_pool("nvme"), &[], None).unwrap().available_bytes,
+        0
+    );
     match e.create_volume(&req("new", MIB, "nvme")) {
         Err(Error::Exhausted(m)) => assert!(m.contains("pool nvme") && m.contains(why), "{m}"),
         other => panic!("{other:?}"),
@@ -102,7 +74,7 @@ fn assert_fails_alone(e: &Engine, id: &str, why: &str) {
 
 #[test]
 fn a_missing_disk_degrades_its_pool_and_nothing_is_created_in_its_place() {
-    let d = Disk::new();
+    let d = Setup::new();
     let e = d.open();
     let v = e.create_volume(&req("data", 10 * MIB, "nvme")).unwrap();
     drop(e);
@@ -124,7 +96,7 @@ fn a_missing_disk_degrades_its_pool_and_nothing_is_created_in_its_place() {
 
 #[test]
 fn an_empty_directory_where_the_disk_was_is_not_the_pool() {
-    let d = Disk::new();
+    let d = Setup::new();
     let e = d.open();
     let v = e.create_volume(&req("data", 10 * MIB, "nvme")).unwrap();
     drop(e);
@@ -142,7 +114,7 @@ fn an_empty_directory_where_the_disk_was_is_not_the_pool() {
 
 #[test]
 fn another_pools_disk_or_another_disk_of_the_same_name_is_not_the_pool() {
-    let d = Disk::new();
+    let d = Setup::new();
     let e = d.open();
     let v = e.create_volume(&req("data", 10 * MIB, "nvme")).unwrap();
     drop(e);
@@ -164,7 +136,7 @@ fn another_pools_disk_or_another_disk_of_the_same_name_is_not_the_pool() {
 #[test]
 fn a_pool_the_node_has_not_seen_is_adopted_by_its_marker() {
     // A pool moved from another node (or a data dir made anew) describes itself.
-    let d = Disk::new();
+    let d = Setup::new();
     let e = d.open();
     let v = e.create_volume(&req("data", 10 * MIB, "nvme")).unwrap();
     drop(e);
@@ -176,7 +148,7 @@ fn a_pool_the_node_has_not_seen_is_adopted_by_its_marker() {
 
 #[test]
 fn one_server_per_data_dir_and_per_pool() {
-    let d = Disk::new();
+    let d = Setup::new();
     let first = d.open();
     match Engine::open(config(&d.root, d.specs())) {
         Err(Error::Precondition(m)) => {
@@ -199,7 +171,7 @@ fn one_server_per_data_dir_and_per_pool() {
 
 #[test]
 fn a_pool_that_cannot_be_recovered_degrades_alone() {
-    let d = Disk::new();
+    let d = Setup::new();
     let e = d.open();
     e.create_volume(&req("data", 10 * MIB, "nvme")).unwrap();
     drop(e);
@@ -215,10 +187,8 @@ fn a_pool_that_cannot_be_recovered_degrades_alone() {
 #[test]
 fn promised_space_not_yet_written_is_never_offered_twice() {
     // A 200 MiB filesystem with 48 MiB free, shared with other files: four 40 MiB dir volumes used to be accepted.
-    let d = Disk::new();
-    let host = Arc::new(FakeHost::new());
-    let mut cfg = config(&d.root, vec![PoolSpec::dir("nvme", d.root.join("disk/loam"))]);
-    cfg.host = host.clone();
+    let d = Setup::new();
+    let cfg = d.config(vec![PoolSpec::dir("nvme", d.root.join("disk/loam"))]);
     let fs = |free: u64| FsStats {
         block_size: 4096,
         total_bytes: 200 * MIB,
@@ -228,9 +198,8 @@ fn promised_space_not_yet_written_is_never_offered_twice() {
         free_inodes: 900,
         read_only: false,
     };
-    host.set_statfs(&d.root.join("disk/loam"), fs(48 * MIB));
+    d.host.set_statfs(&d.root.join("disk/loam"), fs(48 * MIB));
     let e = Engine::open(cfg).unwrap();
-    let available = |e: &Engine| e.capacity(&BTreeMap::new(), &[], None).unwrap().available_bytes;
     assert_eq!(available(&e), 48 * MIB);
     e.create_volume(&req("a", 40 * MIB, "nvme")).unwrap();
     // Nothing written yet: the filesystem still says 48 free, but 40 of them are promised. (The volume's own

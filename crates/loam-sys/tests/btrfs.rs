@@ -4,6 +4,8 @@
 //! device and mounts it in a private mount namespace of the test's own
 //! thread; guards unmount and detach on drop, even on panic.
 
+mod common;
+
 use std::{
     fs,
     io::{ErrorKind, Write},
@@ -13,29 +15,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{Attached, CONFIG, MIB, root_with, syncfs, write_file};
 use loam_sys::{
     btrfs::{
         QuotaMode, create_subvolume, delete_subvolume, enable_quota, fsid, is_btrfs, qgroup, qgroup_ids,
         quota_mode, rescan_running, set_limit, subvolume_id,
     },
-    loopdev::{LoopConfig, LoopDevice, attach, detach},
+    loopdev::{LoopDevice, attach},
     mount::mount_fs,
     os_error,
-    testutil::{Mounted, enter_private_mount_namespace, require_root, skip},
+    testutil::{Mounted, enter_private_mount_namespace},
 };
-
-const MIB: u64 = 1 << 20;
-
-/// Detaches its loop device on drop.
-struct Attached(LoopDevice);
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if let Err(e) = detach(&self.0) {
-            let _ = writeln!(std::io::stderr(), "leaking {}: {e}", self.0.path.display());
-        }
-    }
-}
 
 /// A btrfs filesystem of its own, mounted at `mnt`. Fields drop in order:
 /// unmount, detach, remove the temporary directory.
@@ -47,18 +37,9 @@ struct Btrfs {
     dir: tempfile::TempDir,
 }
 
-fn mkfs_btrfs_installed() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join("mkfs.btrfs").is_file()))
-}
-
 /// Makes and mounts a fresh btrfs filesystem; `None` = skip.
 fn btrfs(test: &str) -> Option<Btrfs> {
-    if !require_root(test) {
-        return None;
-    }
-    if !mkfs_btrfs_installed() {
-        skip(test, "mkfs.btrfs (btrfs-progs) is not installed");
+    if !root_with(test, "mkfs.btrfs", "btrfs-progs") {
         return None;
     }
     enter_private_mount_namespace().unwrap();
@@ -73,12 +54,7 @@ fn btrfs(test: &str) -> Option<Btrfs> {
         .output()
         .unwrap();
     assert!(out.status.success(), "mkfs.btrfs: {out:?}");
-    let cfg = LoopConfig {
-        direct_io: true,
-        block_size: 4096,
-        read_only: false,
-    };
-    let attached = Attached(attach(&img, &cfg).unwrap());
+    let attached = Attached(attach(&img, &CONFIG).unwrap());
     let mnt = base.join("mnt");
     fs::create_dir(&mnt).unwrap();
     mount_fs(&attached.0.path, &mnt, "btrfs", &[], false).unwrap();
@@ -90,25 +66,6 @@ fn btrfs(test: &str) -> Option<Btrfs> {
         _attached: attached,
         dir,
     })
-}
-
-/// Commits the filesystem's transaction, so sysfs shows current numbers.
-fn sync(path: &Path) {
-    let dir = fs::File::open(path).unwrap();
-    rustix::fs::syncfs(&dir).unwrap();
-}
-
-/// Writes `len` bytes of non-zero data to a new file `path`, then fsyncs it.
-fn write_file(path: &Path, len: u64) -> std::io::Result<()> {
-    let mut f = fs::File::create_new(path)?;
-    let chunk = vec![0x5a_u8; MIB as usize];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(MIB) as usize;
-        f.write_all(&chunk[..n])?;
-        left -= n as u64;
-    }
-    f.sync_all()
 }
 
 fn sysfs_qgroups(fs: &Path) -> PathBuf {
@@ -232,7 +189,7 @@ fn quota_modes_off_simple_and_full() {
     assert!(!rescan_running(&other.mnt).unwrap());
     let err = enable_quota(&other.mnt, true).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
-    sync(&other.mnt);
+    syncfs(&other.mnt);
     let top = qgroup(&other.mnt, 5).unwrap().unwrap();
     assert!(top.referenced >= 8 * MIB, "{top:?}");
     // The first filesystem is unaffected.
@@ -295,7 +252,7 @@ fn limits_are_enforced(test: &str, simple: bool) {
 
     // Usage shows once the transaction is committed.
     write_file(&b.mnt.join("w/keep"), 4 * MIB).unwrap();
-    sync(&b.mnt);
+    syncfs(&b.mnt);
     let used = qgroup(&b.mnt, w).unwrap().unwrap();
     assert!(used.referenced >= 4 * MIB, "{used:?}");
     assert!(used.exclusive >= 4 * MIB, "{used:?}");
@@ -315,14 +272,14 @@ fn limits_are_enforced(test: &str, simple: bool) {
     assert!(line.split_whitespace().any(|f| f == limit.to_string()), "{show}");
 
     // Writing more than the limit fails with EDQUOT (on write or fsync).
-    let err = write_file(&b.mnt.join("v/big"), 2 * limit).unwrap_err();
+    let (err, _) = write_file(&b.mnt.join("v/big"), 2 * limit).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
     // The neighbour is intact and still writable.
     let keep = fs::read(b.mnt.join("w/keep")).unwrap();
     assert_eq!(keep.len() as u64, 4 * MIB);
     assert!(keep.iter().all(|&byte| byte == 0x5a));
     write_file(&b.mnt.join("w/more"), 2 * MIB).unwrap();
-    sync(&b.mnt);
+    syncfs(&b.mnt);
     let over = qgroup(&b.mnt, v).unwrap().unwrap();
     assert!(over.referenced <= limit, "{over:?}");
 
@@ -366,7 +323,7 @@ fn delete_leaves_nothing(test: &str, simple: bool) {
     for i in 0..100 {
         fs::write(b.mnt.join(format!("v/d/{i}")), vec![1; 3000]).unwrap();
     }
-    sync(&b.mnt);
+    syncfs(&b.mnt);
     assert!(qgroup(&b.mnt, v).unwrap().unwrap().referenced >= 4 * MIB);
     assert!(shown(&qgroup_show(&b.mnt), v));
 
@@ -495,7 +452,7 @@ fn simple_quotas_keep_a_quota_group_still_charged() {
         let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
         assert_eq!(rc, 0, "FICLONE: {}", std::io::Error::last_os_error());
     }
-    sync(&b.mnt);
+    syncfs(&b.mnt);
     let start = Instant::now();
     let err = delete_subvolume(&b.mnt, "v").unwrap_err();
     // Told at once, not after the whole wait.

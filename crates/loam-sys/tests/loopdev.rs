@@ -5,27 +5,22 @@
 //! private mount namespace of the test's own thread and also undone by a
 //! guard.
 
+mod common;
+
 use std::{
     fs,
     io::{ErrorKind, Write},
     path::{Path, PathBuf},
 };
 
+use common::{CONFIG, MIB, installed};
 use loam_sys::{
     blockdev::{logical_block_size, size_bytes},
     loopdev::{LoopConfig, LoopDevice, attach, detach, direct_io, find},
     mkfs::{make, signature},
     mount::{mount_fs, unmount},
-    mountinfo::MountTable,
+    mountinfo::{MountInfo, MountTable},
     testutil::{Mounted, enter_private_mount_namespace, require_root, skip},
-};
-
-const MIB: u64 = 1 << 20;
-
-const CONFIG: LoopConfig = LoopConfig {
-    direct_io: true,
-    block_size: 4096,
-    read_only: false,
 };
 
 /// Loop devices this test attached and has not detached yet; detached on
@@ -91,9 +86,65 @@ fn assert_not_found(file: &Path) {
     assert!(found.is_empty(), "{}: {found:?}", file.display());
 }
 
-fn mkfs_xfs_installed() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join("mkfs.xfs").is_file()))
+/// In a private mount namespace of the thread: the sparse file `base/img` of `size` bytes attached with
+/// [`CONFIG`] (detached by `attached`), and an empty directory `base/target` to mount it on. Returns the file,
+/// the device and the directory.
+fn attached_with_target(attached: &mut Attached, base: &Path, size: u64) -> (PathBuf, LoopDevice, PathBuf) {
+    enter_private_mount_namespace().unwrap();
+    let img = image(base, "img", size);
+    let target = base.join("target");
+    fs::create_dir(&target).unwrap();
+    let dev = attached.attach(&img, &CONFIG);
+    (img, dev, target)
+}
+
+/// Formats `dev` as `fs_type`, which the probe then finds where it found nothing before.
+#[track_caller]
+fn make_and_probe(dev: &LoopDevice, fs_type: &str) {
+    assert_eq!(signature(&dev.path).unwrap(), None);
+    make(&dev.path, fs_type).unwrap();
+    assert_eq!(signature(&dev.path).unwrap().as_deref(), Some(fs_type));
+}
+
+/// Mounts `dev` read-write on `target` as `fs_type` with `noatime` (a VFS flag) and `discard` (a filesystem
+/// option), which the mount table shows each in its place; returns the guard and the mount table's entry.
+#[track_caller]
+fn mount_with_options(dev: &LoopDevice, target: &Path, fs_type: &str) -> (Mounted, MountInfo) {
+    let options = ["noatime".to_owned(), "discard".to_owned()];
+    mount_fs(&dev.path, target, fs_type, &options, false).unwrap();
+    let mounted = Mounted(target.to_owned());
+    let table = MountTable::read_self().unwrap();
+    let top = table.top_mount_at(target).unwrap();
+    assert_eq!(top.fs_type, fs_type);
+    assert!(top.mount_options.iter().any(|o| o == "noatime"), "{top:?}");
+    assert!(top.super_options.iter().any(|o| o == "discard"), "{top:?}");
+    (mounted, top.clone())
+}
+
+/// Writes `text` to `dir/f` and reads it back.
+#[track_caller]
+fn write_and_read_back(dir: &Path, text: &[u8]) {
+    fs::write(dir.join("f"), text).unwrap();
+    assert_eq!(fs::read(dir.join("f")).unwrap(), text);
+}
+
+/// Mounts `dev` read-only on `target` as `fs_type`: `f` there still holds `text`, and writing fails with
+/// `EROFS`. Returns the guard.
+#[track_caller]
+fn mount_read_only(dev: &LoopDevice, target: &Path, fs_type: &str, text: &[u8]) -> Mounted {
+    mount_fs(&dev.path, target, fs_type, &[], true).unwrap();
+    let mounted = Mounted(target.to_owned());
+    assert_eq!(fs::read(target.join("f")).unwrap(), text);
+    let err = fs::write(target.join("g"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    mounted
+}
+
+/// Unmounts what `mounted` guards, failing if that fails, and disarms the guard.
+#[track_caller]
+fn unmount_now(mounted: Mounted) {
+    unmount(&mounted.0).unwrap();
+    std::mem::forget(mounted);
 }
 
 #[test]
@@ -327,39 +378,23 @@ fn ext4_is_made_probed_and_mounted() {
     let Some((_dir, base)) = setup("ext4_is_made_probed_and_mounted") else {
         return;
     };
-    enter_private_mount_namespace().unwrap();
-    let img = image(&base, "img", 64 * MIB);
-    let target = base.join("target");
-    fs::create_dir(&target).unwrap();
     let mut attached = Attached::default();
-    let dev = attached.attach(&img, &CONFIG);
+    let (img, dev, target) = attached_with_target(&mut attached, &base, 64 * MIB);
 
-    assert_eq!(signature(&dev.path).unwrap(), None);
-    make(&dev.path, "ext4").unwrap();
-    assert_eq!(signature(&dev.path).unwrap().as_deref(), Some("ext4"));
+    make_and_probe(&dev, "ext4");
     assert_eq!(fs::metadata(&img).unwrap().len(), 64 * MIB);
 
-    let options = ["noatime".to_owned(), "discard".to_owned()];
-    mount_fs(&dev.path, &target, "ext4", &options, false).unwrap();
-    let mounted = Mounted(target.clone());
-    let table = MountTable::read_self().unwrap();
-    let top = table.top_mount_at(&target).unwrap();
-    assert_eq!(top.fs_type, "ext4");
+    let (mounted, top) = mount_with_options(&dev, &target, "ext4");
     assert_eq!(top.source, dev.path.to_string_lossy());
     assert_eq!((top.major, top.minor), (dev.major, dev.minor));
     assert!(!top.is_read_only());
-    assert!(top.mount_options.iter().any(|o| o == "noatime"), "{top:?}");
-    assert!(top.super_options.iter().any(|o| o == "discard"), "{top:?}");
-    fs::write(target.join("f"), b"hello ext4").unwrap();
-    assert_eq!(fs::read(target.join("f")).unwrap(), b"hello ext4");
-    unmount(&target).unwrap();
-    std::mem::forget(mounted);
+    write_and_read_back(&target, b"hello ext4");
+    unmount_now(mounted);
     assert!(!MountTable::read_self().unwrap().is_mount_point(&target));
     assert!(!target.join("f").exists());
 
     // Mounted again, read-only: the data is there and writes fail.
-    mount_fs(&dev.path, &target, "ext4", &[], true).unwrap();
-    let mounted = Mounted(target.clone());
+    let mounted = mount_read_only(&dev, &target, "ext4", b"hello ext4");
     assert!(
         MountTable::read_self()
             .unwrap()
@@ -367,11 +402,7 @@ fn ext4_is_made_probed_and_mounted() {
             .unwrap()
             .is_read_only()
     );
-    assert_eq!(fs::read(target.join("f")).unwrap(), b"hello ext4");
-    let err = fs::write(target.join("g"), b"x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    unmount(&target).unwrap();
-    std::mem::forget(mounted);
+    unmount_now(mounted);
 
     attached.detach(&dev);
     assert_not_found(&img);
@@ -382,12 +413,8 @@ fn mount_fs_errors_name_device_and_target() {
     let Some((_dir, base)) = setup("mount_fs_errors_name_device_and_target") else {
         return;
     };
-    enter_private_mount_namespace().unwrap();
-    let img = image(&base, "img", 16 * MIB);
-    let target = base.join("target");
-    fs::create_dir(&target).unwrap();
     let mut attached = Attached::default();
-    let dev = attached.attach(&img, &CONFIG);
+    let (_img, dev, target) = attached_with_target(&mut attached, &base, 16 * MIB);
     // Nothing on the device.
     let err = mount_fs(&dev.path, &target, "ext4", &[], false).unwrap_err();
     let msg = err.to_string();
@@ -404,43 +431,23 @@ fn xfs_is_made_probed_and_mounted() {
     let Some((_dir, base)) = setup(test) else {
         return;
     };
-    if !mkfs_xfs_installed() {
+    if !installed("mkfs.xfs") {
         skip(test, "mkfs.xfs (xfsprogs) is not installed");
         return;
     }
-    enter_private_mount_namespace().unwrap();
-    let img = image(&base, "img", 320 * MIB);
-    let target = base.join("target");
-    fs::create_dir(&target).unwrap();
     let mut attached = Attached::default();
-    let dev = attached.attach(&img, &CONFIG);
+    let (_img, dev, target) = attached_with_target(&mut attached, &base, 320 * MIB);
 
-    assert_eq!(signature(&dev.path).unwrap(), None);
-    make(&dev.path, "xfs").unwrap();
-    assert_eq!(signature(&dev.path).unwrap().as_deref(), Some("xfs"));
+    make_and_probe(&dev, "xfs");
 
-    let options = ["noatime".to_owned(), "discard".to_owned()];
-    mount_fs(&dev.path, &target, "xfs", &options, false).unwrap();
-    let mounted = Mounted(target.clone());
-    let table = MountTable::read_self().unwrap();
-    let top = table.top_mount_at(&target).unwrap();
-    assert_eq!(top.fs_type, "xfs");
-    assert!(top.mount_options.iter().any(|o| o == "noatime"), "{top:?}");
-    assert!(top.super_options.iter().any(|o| o == "discard"), "{top:?}");
-    fs::write(target.join("f"), b"hello xfs").unwrap();
-    assert_eq!(fs::read(target.join("f")).unwrap(), b"hello xfs");
-    unmount(&target).unwrap();
-    std::mem::forget(mounted);
+    let (mounted, _) = mount_with_options(&dev, &target, "xfs");
+    write_and_read_back(&target, b"hello xfs");
+    unmount_now(mounted);
 
-    mount_fs(&dev.path, &target, "xfs", &[], true).unwrap();
-    let mounted = Mounted(target.clone());
-    assert_eq!(fs::read(target.join("f")).unwrap(), b"hello xfs");
-    let err = fs::write(target.join("g"), b"x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let mounted = mount_read_only(&dev, &target, "xfs", b"hello xfs");
 
     // Formatting again over a filesystem: ext4 replaces xfs.
-    unmount(&target).unwrap();
-    std::mem::forget(mounted);
+    unmount_now(mounted);
     make(&dev.path, "ext4").unwrap();
     assert_eq!(signature(&dev.path).unwrap().as_deref(), Some("ext4"));
 }
@@ -464,12 +471,8 @@ fn detach_of_a_mounted_device_completes_on_unmount() {
     let Some((_dir, base)) = setup("detach_of_a_mounted_device_completes_on_unmount") else {
         return;
     };
-    enter_private_mount_namespace().unwrap();
-    let img = image(&base, "img", 64 * MIB);
-    let target = base.join("target");
-    fs::create_dir(&target).unwrap();
     let mut attached = Attached::default();
-    let dev = attached.attach(&img, &CONFIG);
+    let (img, dev, target) = attached_with_target(&mut attached, &base, 64 * MIB);
     make(&dev.path, "ext4").unwrap();
     mount_fs(&dev.path, &target, "ext4", &[], false).unwrap();
     let mounted = Mounted(target.clone());

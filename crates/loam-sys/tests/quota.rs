@@ -9,15 +9,18 @@
 //! them in a private mount namespace of the test's own thread; guards
 //! unmount and detach on drop, even on panic.
 
+mod common;
+
 use std::{
     fs,
-    io::{self, ErrorKind, Write},
+    io::{self, ErrorKind},
     path::{Path, PathBuf},
     process::Command,
 };
 
+use common::{Attached, CONFIG, MIB, root_with, syncfs, write_file};
 use loam_sys::{
-    loopdev::{LoopConfig, LoopDevice, attach, detach},
+    loopdev::attach,
     mount::{mount_fs, unmount},
     mountinfo::MountTable,
     os_error,
@@ -25,21 +28,8 @@ use loam_sys::{
     testutil::{Mounted, enter_private_mount_namespace, require_root, skip, skip_kernel_gap},
 };
 
-const MIB: u64 = 1 << 20;
-
 /// The project id the tests give their directories.
 const ID: u32 = 4242;
-
-/// Detaches its loop device on drop.
-struct Attached(LoopDevice);
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        if let Err(e) = detach(&self.0) {
-            let _ = writeln!(io::stderr(), "leaking {}: {e}", self.0.path.display());
-        }
-    }
-}
 
 /// A filesystem made in an image file of its own, attached to a loop device,
 /// with an empty directory `mnt` to mount it on. Fields drop in order:
@@ -59,12 +49,7 @@ impl Disk {
         let base = dir.path().canonicalize().unwrap();
         let img = base.join("img");
         fs::File::create_new(&img).unwrap().set_len(size).unwrap();
-        let cfg = LoopConfig {
-            direct_io: true,
-            block_size: 4096,
-            read_only: false,
-        };
-        let attached = Attached(attach(&img, &cfg).unwrap());
+        let attached = Attached(attach(&img, &CONFIG).unwrap());
         // On the device, so mkfs fits the filesystem to its 4096-byte sectors.
         let out = Command::new(mkfs[0])
             .args(&mkfs[1..])
@@ -94,11 +79,6 @@ impl Disk {
     }
 }
 
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
-}
-
 /// The errno of `err` by name, for messages.
 fn errno_name(err: &io::Error) -> String {
     match os_error(err) {
@@ -118,31 +98,6 @@ fn errno_name(err: &io::Error) -> String {
 fn assert_errno(err: &io::Error, want: i32, path: &Path) {
     assert_eq!(os_error(err), Some(want), "{err}");
     assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
-}
-
-/// Writes `len` bytes of non-zero data to a new file `path` and fsyncs it;
-/// on error, how many bytes the file holds.
-fn write_file(path: &Path, len: u64) -> Result<(), (io::Error, u64)> {
-    let mut f = fs::File::create_new(path).map_err(|e| (e, 0))?;
-    let chunk = vec![0x5a_u8; MIB as usize];
-    let mut left = len;
-    let result = (|| {
-        while left > 0 {
-            let n = left.min(MIB) as usize;
-            f.write_all(&chunk[..n])?;
-            left -= n as u64;
-        }
-        f.sync_all()
-    })();
-    result.map_err(|e| {
-        let held = f.metadata().map_or(0, |m| m.len());
-        (e, held)
-    })
-}
-
-fn syncfs(path: &Path) {
-    let dir = fs::File::open(path).unwrap();
-    rustix::fs::syncfs(&dir).unwrap();
 }
 
 /// What every call gives on a filesystem without project ids or quota:
@@ -223,12 +178,7 @@ fn tmpfs_has_no_project_quota() {
 
 #[test]
 fn btrfs_has_no_project_quota() {
-    let test = "btrfs_has_no_project_quota";
-    if !require_root(test) {
-        return;
-    }
-    if !installed("mkfs.btrfs") {
-        skip(test, "mkfs.btrfs (btrfs-progs) is not installed");
+    if !root_with("btrfs_has_no_project_quota", "mkfs.btrfs", "btrfs-progs") {
         return;
     }
     enter_private_mount_namespace().unwrap();
@@ -379,11 +329,7 @@ fn ext4_project_quota_limits_a_directory() {
 #[test]
 fn xfs_project_quota_limits_a_directory() {
     let test = "xfs_project_quota_limits_a_directory";
-    if !require_root(test) {
-        return;
-    }
-    if !installed("mkfs.xfs") {
-        skip(test, "mkfs.xfs (xfsprogs) is not installed");
+    if !root_with(test, "mkfs.xfs", "xfsprogs") {
         return;
     }
     let Some((disk, _mounted)) = prjquota_disk(test, "xfs", 320 * MIB, &["mkfs.xfs", "-q", "-f"]) else {
@@ -395,11 +341,7 @@ fn xfs_project_quota_limits_a_directory() {
 #[test]
 fn xfs_without_quota_keeps_project_ids() {
     let test = "xfs_without_quota_keeps_project_ids";
-    if !require_root(test) {
-        return;
-    }
-    if !installed("mkfs.xfs") {
-        skip(test, "mkfs.xfs (xfsprogs) is not installed");
+    if !root_with(test, "mkfs.xfs", "xfsprogs") {
         return;
     }
     enter_private_mount_namespace().unwrap();
