@@ -372,7 +372,19 @@ impl Engine {
     pub fn unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
         let (vid, pool, rec) = match self.lookup(volume_id) {
             Err(Error::PoolUnusable { pool, reason }) => {
-                return self.unstage_by_note(volume_id, staging, &pool, &reason);
+                // The record cannot be read: the note says whether it was staged for block access.
+                let block = self
+                    .notes
+                    .get(staging)
+                    .is_some_and(|n| n.capability.access == AccessType::Block);
+                self.unstage_by_note(volume_id, staging, block, &pool, &reason)?;
+                if let Some(p) = self.pool(&pool)
+                    && let Ok(vid) = crate::id::VolumeId::parse(volume_id)
+                    && let Err(e) = p.backend.detach(&vid.file_stem())
+                {
+                    warn!(volume.id = %volume_id, error = %e, "cannot detach the volume of a degraded pool");
+                }
+                return Ok(());
             }
             other => other?,
         };
@@ -382,13 +394,13 @@ impl Engine {
         let Some(att) = pool.backend.attached(&stem)? else {
             // Not attached: normally nothing of it is mounted (after a reboot), but a device that lost its image file
             // may still be; loam's note says whether it mounted that.
-            let staged_at = if rec.block { &file } else { staging };
-            self.unmount_by_note(volume_id, staged_at, &pool.name, "the volume is not attached")?;
-            if rec.block {
-                remove_target(&file)?;
-            }
-            self.notes.remove(staging);
-            return Ok(());
+            return self.unstage_by_note(
+                volume_id,
+                staging,
+                rec.block,
+                &pool.name,
+                "the volume is not attached",
+            );
         };
         let table = self.mount_table()?;
         let srcs = sources(&table, &att);
@@ -459,55 +471,53 @@ impl Engine {
     }
 
     /// Unpublish or unstage when the volume's backing cannot tell what shows it (its pool is degraded, or its
-    /// device lost its image file): the mount at `path` is taken down only if loam's note says it mounted this
-    /// volume there.
-    fn unmount_by_note(&self, volume_id: &str, path: &Path, pool: &str, reason: &str) -> Result<()> {
-        let table = self.mount_table()?;
-        if table.is_mount_point(path) {
-            match self.notes.get(path) {
-                Some(n) if n.volume_id == volume_id => {}
-                _ => {
-                    return Err(Error::Precondition(format!(
-                        "{} is mounted, but loam has no note that it mounted volume {volume_id} there and cannot \
-                         tell from pool {pool} ({reason}); not touching it",
-                        path.display()
-                    )));
-                }
-            }
-            while self.mount_table()?.is_mount_point(path) {
-                self.host
-                    .unmount(path)
-                    .ctx(|| format!("unmounting {}", path.display()))?;
-            }
+    /// device lost its image file): the mount at `path` is taken down only if loam's note at `noted` (the path
+    /// itself, or for a block volume's device file its staging directory) says it mounted this volume there.
+    fn unmount_by_note(
+        &self,
+        volume_id: &str,
+        path: &Path,
+        noted: &Path,
+        pool: &str,
+        reason: &str,
+    ) -> Result<()> {
+        if !self.mount_table()?.is_mount_point(path) {
+            return Ok(());
+        }
+        if self.notes.get(noted).is_none_or(|n| n.volume_id != volume_id) {
+            return Err(Error::Precondition(format!(
+                "{} is mounted, but loam has no note that it mounted volume {volume_id} there and cannot tell from \
+                 pool {pool} ({reason}); not touching it",
+                path.display()
+            )));
+        }
+        while self.mount_table()?.is_mount_point(path) {
+            self.host
+                .unmount(path)
+                .ctx(|| format!("unmounting {}", path.display()))?;
         }
         Ok(())
     }
 
-    fn unstage_by_note(&self, volume_id: &str, staging: &Path, pool: &str, reason: &str) -> Result<()> {
+    /// Unstage by loam's notes (see [`Engine::unmount_by_note`]): the staging mount, or a block volume's device
+    /// file and the file itself; then the volume's device is detached if its backend can still find it.
+    fn unstage_by_note(
+        &self,
+        volume_id: &str,
+        staging: &Path,
+        block: bool,
+        pool: &str,
+        reason: &str,
+    ) -> Result<()> {
         let file = staged_device_file(staging, volume_id);
-        if self
-            .notes
-            .get(staging)
-            .is_some_and(|n| n.capability.access == AccessType::Block)
-        {
-            // The device file inside the staging directory carries no note of its own.
-            while self.mount_table()?.is_mount_point(&file) {
-                self.host
-                    .unmount(&file)
-                    .ctx(|| format!("unmounting {}", file.display()))?;
-            }
+        if block {
+            self.unmount_by_note(volume_id, &file, staging, pool, reason)?;
             remove_target(&file)?;
         } else {
-            self.unmount_by_note(volume_id, staging, pool, reason)?;
-        }
-        if let Some(p) = self.pool(pool)
-            && let Ok(vid) = crate::id::VolumeId::parse(volume_id)
-            && let Err(e) = p.backend.detach(&vid.file_stem())
-        {
-            warn!(volume.id = %volume_id, error = %e, "cannot detach the volume of a degraded pool");
+            self.unmount_by_note(volume_id, staging, staging, pool, reason)?;
         }
         self.notes.remove(staging);
-        info!(volume.id = %volume_id, staging.path = %staging.display(), %reason, "volume unstaged from a degraded pool");
+        info!(volume.id = %volume_id, staging.path = %staging.display(), %reason, "volume unstaged by loam's notes");
         Ok(())
     }
 
@@ -612,7 +622,7 @@ impl Engine {
     pub fn unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
         let (vid, pool, _) = match self.lookup(volume_id) {
             Err(Error::PoolUnusable { pool, reason }) => {
-                self.unmount_by_note(volume_id, target, &pool, &reason)?;
+                self.unmount_by_note(volume_id, target, target, &pool, &reason)?;
                 remove_target(target)?;
                 self.notes.remove(target);
                 return Ok(());
@@ -625,7 +635,13 @@ impl Engine {
                 let table = self.mount_table()?;
                 self.unmount_all(target, &sources(&table, &att), volume_id)?;
             }
-            None => self.unmount_by_note(volume_id, target, &pool.name, "the volume is not attached")?,
+            None => self.unmount_by_note(
+                volume_id,
+                target,
+                target,
+                &pool.name,
+                "the volume is not attached",
+            )?,
         }
         remove_target(target)?;
         self.notes.remove(target);

@@ -483,3 +483,26 @@ fn a_volume_whose_device_lost_its_file_still_unpublishes_and_unstages() {
     assert!(matches!(e.unpublish(&id, &other), Err(Error::Precondition(_))));
     assert!(s.host.mount_table().unwrap().is_mount_point(&other));
 }
+
+#[test]
+fn a_block_volume_whose_device_lost_its_file_still_unpublishes_and_unstages() {
+    let s = Setup::new();
+    let e = s.open();
+    let cap = block_cap();
+    let id = create(&e, "b", 8 * MIB, cap.clone());
+    let staging = s.dir("staging");
+    let target = s.dir("pod").join("dev");
+    stage(&e, &id, &staging, &cap).unwrap();
+    publish(&e, &id, &staging, &target, &cap).unwrap();
+    s.host.unlink_backing(&s.image(&id));
+    e.unpublish(&id, &target).unwrap();
+    // The device file in the staging directory carries no note itself: the staging directory's note vouches.
+    e.unstage(&id, &staging).unwrap();
+    let table = s.host.mount_table().unwrap();
+    assert!(!table.is_mount_point(&target) && !table.is_mount_point(&staging.join(&id)));
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "the staging directory is left empty"
+    );
+}
