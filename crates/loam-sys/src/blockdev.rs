@@ -47,9 +47,6 @@ const BLKDISCARD: Opcode = opcode::none(0x12, 119);
 /// `BLKZEROOUT` of linux/fs.h: `_IO(0x12, 127)`, with the same argument as `BLKDISCARD`.
 const BLKZEROOUT: Opcode = opcode::none(0x12, 127);
 
-/// `LOOP_GET_STATUS64` of linux/loop.h (a plain number, the same on every architecture).
-const LOOP_GET_STATUS64: Opcode = 0x4C05;
-
 /// The major number of loop devices (`LOOP_MAJOR` of linux/major.h). Their partitions have other majors.
 const LOOP_MAJOR: u32 = 7;
 
@@ -70,16 +67,6 @@ const EXCLUSIVE_WAIT: Duration = Duration::from_millis(250);
 
 /// How many mount points one reason of [`in_use`] names.
 const MOUNTS_NAMED: usize = 4;
-
-/// The start of `struct loop_info64` of linux/loop.h: the device and inode numbers of the backing file, then
-/// fields read elsewhere (in [`crate::loopdev`], which has the whole struct) and not here.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    rest: [u64; 27],
-}
 
 fn open_device(device: &Path) -> io::Result<OwnedFd> {
     open(device, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
@@ -360,9 +347,7 @@ fn disk_identity(dev: &Device, sys: &Path, major: u32, minor: u32) -> io::Result
     if major != LOOP_MAJOR {
         return Ok(None);
     }
-    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which LoopInfo64 matches in size and in the
-    // fields read here (#[repr(C)], checked in the tests), and nothing else.
-    match unsafe { ioctl(&dev.fd, Getter::<LOOP_GET_STATUS64, LoopInfo64>::new()) } {
+    match crate::loopdev::status(&dev.fd) {
         Ok(info) => Ok(Some(format!("loop:{}:{}", info.lo_device, info.lo_inode))),
         // Not bound to a file.
         Err(Errno::NXIO) => Ok(None),
@@ -744,9 +729,6 @@ mod tests {
         assert_eq!(BLKGETSIZE64, 0x8008_1272);
         assert_eq!(BLKDISCARD, 0x1277);
         assert_eq!(BLKZEROOUT, 0x127f);
-        // struct loop_info64, whose device and inode numbers come first.
-        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
-        assert_eq!(std::mem::offset_of!(LoopInfo64, lo_inode), 8);
     }
 
     #[test]

@@ -390,6 +390,26 @@ fn backing_file(number: u32) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// The backing file's device and inode numbers, and the device's number, of the open loop device `fd`
+/// (`LOOP_GET_STATUS64`; `ENXIO` when it is not bound to a file).
+pub(crate) struct Status {
+    pub(crate) lo_device: u64,
+    pub(crate) lo_inode: u64,
+    pub(crate) lo_number: u32,
+}
+
+pub(crate) fn status(fd: impl AsFd) -> Result<Status, Errno> {
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which
+    // LoopInfo64 reproduces (#[repr(C)], size checked in the tests), and
+    // nothing else.
+    let info = unsafe { ioctl(fd, Getter::<LOOP_GET_STATUS64, LoopInfo64>::new()) }?;
+    Ok(Status {
+        lo_device: info.lo_device,
+        lo_inode: info.lo_inode,
+        lo_number: info.lo_number,
+    })
+}
+
 /// Checks with `LOOP_GET_STATUS64` that loop device `number` is bound to the
 /// file with `st`'s device and inode numbers. `None` if it is not (any more).
 fn confirm(number: u32, file: &Path, st: &Stat) -> io::Result<Option<LoopDevice>> {
@@ -417,10 +437,7 @@ fn confirm(number: u32, file: &Path, st: &Stat) -> io::Result<Option<LoopDevice>
         }
         Err(e) => return Err(crate::context(e, format!("opening {}", path.display()))),
     };
-    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which
-    // LoopInfo64 reproduces (#[repr(C)], size checked in the tests), and
-    // nothing else.
-    match unsafe { ioctl(&fd, Getter::<LOOP_GET_STATUS64, LoopInfo64>::new()) } {
+    match status(&fd) {
         Ok(info) => {
             let matches =
                 info.lo_number == number && info.lo_device == st.st_dev && info.lo_inode == st.st_ino;
