@@ -5,7 +5,7 @@
 //! default_pool = "nvme"
 //! [[pools]]
 //! name = "nvme"
-//! kind = "image"            # dir | image
+//! kind = "image"            # dir | image | btrfs
 //! path = "/mnt/nvme0/loam"
 //! capacity = "800Gi"        # optional; default: the size of the filesystem holding the pool
 //! allocation = "thick"      # image pools: thick (default) or thin
