@@ -17,14 +17,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use common::{Attached, CONFIG, MIB};
+use common::{Attached, CONFIG, MIB, image, setup};
 use loam_sys::{
     blockdev::{discard, discard_zeroes, identity, in_use, wipe_signatures, zero},
     loopdev::{LoopConfig, LoopDevice, attach},
     mkfs::{make, signature},
     mount::{mount_fs, unmount},
     os_error,
-    testutil::{Mounted, enter_private_mount_namespace, require_root},
+    testutil::{Mounted, enter_private_mount_namespace},
 };
 use rustix::ioctl::{Getter, Opcode, Setter, ioctl};
 
@@ -32,23 +32,6 @@ const GIB: u64 = 1 << 30;
 
 /// What the tests write to see it again (or not): never zero.
 const PATTERN: u8 = 0xa5;
-
-/// A temporary directory by its canonical path, as the mount table shows it; `None` = skip (not root).
-fn setup(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    if !require_root(test) {
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().canonicalize().unwrap();
-    Some((dir, path))
-}
-
-/// Creates the sparse file `dir/name` of `size` bytes.
-fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
-    let path = dir.join(name);
-    fs::File::create_new(&path).unwrap().set_len(size).unwrap();
-    path
-}
 
 /// `file` attached with [`CONFIG`], detached when the guard drops.
 #[track_caller]

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Attached, CONFIG, MIB, root_with, syncfs, write_file};
+use common::{Attached, CONFIG, MIB, image, root_with, syncfs, write_file};
 use loam_sys::{
     btrfs::{
         QuotaMode, create_subvolume, delete_subvolume, enable_quota, fsid, is_btrfs, qgroup, qgroup_ids,
@@ -45,8 +45,7 @@ fn btrfs(test: &str) -> Option<Btrfs> {
     enter_private_mount_namespace().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().canonicalize().unwrap();
-    let img = base.join("img");
-    fs::File::create_new(&img).unwrap().set_len(256 * MIB).unwrap();
+    let img = image(&base, "img", 256 * MIB);
     let out = Command::new("mkfs.btrfs")
         .arg("-q")
         .arg("-f")

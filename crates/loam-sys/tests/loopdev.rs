@@ -13,14 +13,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use common::{CONFIG, MIB, installed};
+use common::{CONFIG, MIB, image, installed, setup};
 use loam_sys::{
     blockdev::{logical_block_size, size_bytes},
     loopdev::{LoopConfig, LoopDevice, attach, detach, direct_io, find},
     mkfs::{make, signature},
     mount::{mount_fs, unmount},
     mountinfo::{MountInfo, MountTable},
-    testutil::{Mounted, enter_private_mount_namespace, require_root, skip},
+    testutil::{Mounted, enter_private_mount_namespace, skip},
 };
 
 /// Loop devices this test attached and has not detached yet; detached on
@@ -52,24 +52,6 @@ impl Drop for Attached {
             }
         }
     }
-}
-
-/// A temporary directory by its canonical path, as sysfs shows it; `None` =
-/// skip (not root).
-fn setup(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    if !require_root(test) {
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().canonicalize().unwrap();
-    Some((dir, path))
-}
-
-/// Creates the sparse file `dir/name` of `size` bytes.
-fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
-    let path = dir.join(name);
-    fs::File::create_new(&path).unwrap().set_len(size).unwrap();
-    path
 }
 
 fn sysfs(dev: &LoopDevice, attr: &str) -> String {

@@ -18,7 +18,7 @@ use std::{
     process::Command,
 };
 
-use common::{Attached, CONFIG, MIB, root_with, syncfs, write_file};
+use common::{Attached, CONFIG, MIB, image, root_with, syncfs, write_file};
 use loam_sys::{
     loopdev::attach,
     mount::{mount_fs, unmount},
@@ -47,8 +47,7 @@ impl Disk {
     fn new(size: u64, mkfs: &[&str]) -> Disk {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
-        let img = base.join("img");
-        fs::File::create_new(&img).unwrap().set_len(size).unwrap();
+        let img = image(&base, "img", size);
         let attached = Attached(attach(&img, &CONFIG).unwrap());
         // On the device, so mkfs fits the filesystem to its 4096-byte sectors.
         let out = Command::new(mkfs[0])

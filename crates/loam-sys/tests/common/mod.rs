@@ -7,7 +7,7 @@
 use std::{
     fs,
     io::{self, Write},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use loam_sys::{
@@ -77,4 +77,21 @@ pub fn write_file(path: &Path, len: u64) -> Result<(), (io::Error, u64)> {
 pub fn syncfs(path: &Path) {
     let dir = fs::File::open(path).unwrap();
     rustix::fs::syncfs(&dir).unwrap();
+}
+
+/// A temporary directory by its canonical path, as the mount table and sysfs show it; `None` = skip (not root).
+pub fn setup(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !require_root(test) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().canonicalize().unwrap();
+    Some((dir, path))
+}
+
+/// Creates the sparse file `dir/name` of `size` bytes.
+pub fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let path = dir.join(name);
+    fs::File::create_new(&path).unwrap().set_len(size).unwrap();
+    path
 }
