@@ -339,7 +339,12 @@ impl Engine {
     }
 
     fn to_volume(&self, pool: &Pool, rec: &VolumeRecord) -> Volume {
-        let abnormal = pool.degraded().or_else(|| match rec.volume_id() {
+        self.volume_in(pool, pool.degraded(), rec)
+    }
+
+    /// [`Engine::to_volume`] with the pool's state already read (`degraded`), for listings of many volumes.
+    fn volume_in(&self, pool: &Pool, degraded: Option<String>, rec: &VolumeRecord) -> Volume {
+        let abnormal = degraded.or_else(|| match rec.volume_id() {
             Ok(vid) => pool.backend.check(&rec.backing(&vid.file_stem())),
             Err(e) => Some(e.to_string()),
         });
@@ -643,13 +648,19 @@ impl Engine {
         ids.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::new();
         let mut next = None;
+        // Each pool's state once per page, not once per volume.
+        let mut degraded: BTreeMap<&str, Option<String>> = BTreeMap::new();
         for (id, pool) in ids.into_iter().filter(|(id, _)| id.as_str() >= start) {
             if max_entries != 0 && out.len() == max_entries {
                 next = Some(id);
                 break;
             }
             if let Some(Entry::Ready(rec)) = pool.get(&id) {
-                out.push(self.to_volume(pool, &rec));
+                let state = degraded
+                    .entry(&pool.name)
+                    .or_insert_with(|| pool.degraded())
+                    .clone();
+                out.push(self.volume_in(pool, state, &rec));
             }
         }
         Ok((out, next))

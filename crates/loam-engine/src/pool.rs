@@ -166,25 +166,24 @@ impl Pool {
             PoolSpec::Image(s) => Box::new(ImageBackend::new(volumes, s.allocation, host.clone())),
             PoolSpec::Btrfs(_) => Box::new(BtrfsBackend::new(volumes, host.clone())),
         };
-        let total_bytes = match (spec.capacity(), &degraded) {
-            (Some(b), _) => b,
-            (None, Some(_)) => 0,
-            (None, None) => match host.statfs(&id.root) {
-                Ok(fs) => fs.total_bytes,
-                Err(e) => {
-                    degraded = Some(format!("cannot measure {}: {e}", id.root.display()));
-                    0
-                }
-            },
-        };
-        if degraded.is_none() {
-            match host.statfs(&id.root) {
+        // One look at the pool's filesystem: its size is the default budget, and a read-only one takes nothing.
+        let fs = match &degraded {
+            Some(_) => None,
+            None => match host.statfs(&id.root) {
                 Ok(fs) if fs.read_only => {
                     degraded = Some(format!("{} is on a read-only filesystem", id.root.display()));
+                    None
                 }
-                _ => {}
-            }
-        }
+                Ok(fs) => Some(fs),
+                // Only the default budget needs the measurement; without it, capacity offers nothing anyway.
+                Err(e) if spec.capacity().is_none() => {
+                    degraded = Some(format!("cannot measure {}: {e}", id.root.display()));
+                    None
+                }
+                Err(_) => None,
+            },
+        };
+        let total_bytes = spec.capacity().or(fs.map(|f| f.total_bytes)).unwrap_or(0);
         let degraded = degraded.map(|r| format!("pool {name}: {r}"));
         Ok(Pool {
             name: name.to_owned(),
