@@ -200,7 +200,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = endpoint::bind(&socket)?;
     info!(endpoint = %args.endpoint, node.id = engine.node_id(), driver = %args.driver_name,
           version = env!("CARGO_PKG_VERSION"), "serving CSI");
-    let driver = Driver::new(Arc::new(engine), args.driver_name.clone());
+    let engine = Arc::new(engine);
+    tokio::spawn(rediscover_on_sighup(engine.clone()));
+    let driver = Driver::new(engine, args.driver_name.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
         .add_service(csi::identity_server::IdentityServer::new(driver.clone()))
@@ -250,6 +252,22 @@ where
                 "calls still running after the drain timeout; exiting"
             );
             return Ok(());
+        }
+    }
+}
+
+/// Device pools look at their discovery directories again on each SIGHUP.
+async fn rediscover_on_sighup(engine: Arc<Engine>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; device pools rediscover on their interval only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: discovering the device pools' disks again");
+        let e = engine.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || e.rediscover()).await {
+            tracing::warn!(error = %err, "rediscovery failed");
         }
     }
 }

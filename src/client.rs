@@ -53,6 +53,13 @@ pub enum ClientCommand {
     Caps,
     /// This node's ID, volume limit and topology (NodeGetInfo).
     NodeInfo,
+    /// The disks of the device pools: identity, size, path and state (free, in use by a volume, not adopted
+    /// and why, cleaning, missing), and the discovery entries skipped (from GetPluginInfo).
+    Disks {
+        /// Only this pool's.
+        #[arg(long)]
+        pool: Option<String>,
+    },
     /// Create a volume, or find the one made earlier under the same name (CreateVolume).
     Create {
         /// Volume name; the same name always means the same volume.
@@ -371,6 +378,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         ClientCommand::Info => info(&c, out).await,
         ClientCommand::Caps => caps(&c, out).await,
         ClientCommand::NodeInfo => node_info(&c, out).await,
+        ClientCommand::Disks { pool } => disks(&c, out, pool.as_deref()).await,
         ClientCommand::Create {
             name,
             size,
@@ -640,7 +648,7 @@ async fn info(c: &Conn, out: Output) -> anyhow::Result<()> {
         let other: HashMap<String, String> = info
             .manifest
             .iter()
-            .filter(|(k, _)| !k.starts_with("pool/"))
+            .filter(|(k, _)| !["pool/", "disk/", "skipped/"].iter().any(|p| k.starts_with(p)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !other.is_empty() {
@@ -654,6 +662,68 @@ async fn info(c: &Conn, out: Output) -> anyhow::Result<()> {
             if let Some(pool) = k.strip_prefix("pool/") {
                 println!("pool {pool}: {v}");
             }
+        }
+    })
+}
+
+/// The device pools' disks, from the `disk/<pool>/<identity>` and `skipped/<pool>/<path>` keys loam puts in
+/// GetPluginInfo's manifest.
+async fn disks(c: &Conn, out: Output, only: Option<&str>) -> anyhow::Result<()> {
+    let info = c
+        .call(
+            "GetPluginInfo",
+            c.id().get_plugin_info(c.req(csi::GetPluginInfoRequest {})),
+        )
+        .await?;
+    let wanted = |pool: &str| only.is_none_or(|o| o == pool);
+    let mut disks = Vec::new();
+    let mut skipped = Vec::new();
+    for (k, v) in sorted(&info.manifest) {
+        if let Some((pool, key)) = k.strip_prefix("disk/").and_then(|r| r.split_once('/'))
+            && wanted(pool)
+        {
+            let d: Value = serde_json::from_str(v).unwrap_or_else(|_| json!({"state": v}));
+            disks.push(json!({
+                "pool": pool,
+                "identity": key,
+                "size": d["size"],
+                "path": d["path"],
+                "state": d["state"],
+            }));
+        } else if let Some((pool, path)) = k.strip_prefix("skipped/").and_then(|r| r.split_once('/'))
+            && wanted(pool)
+        {
+            skipped.push(json!({"pool": pool, "path": path, "reason": v}));
+        }
+    }
+    if let Some(o) = only
+        && !info.manifest.contains_key(&format!("pool/{o}"))
+    {
+        anyhow::bail!("no pool {o:?} on this node");
+    }
+    let doc = json!({"disks": disks, "skipped": skipped});
+    out.print(doc, || {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let rows: Vec<Vec<String>> = disks
+            .iter()
+            .map(|d| {
+                ["pool", "identity", "size", "path", "state"]
+                    .iter()
+                    .map(|f| text(&d[*f]))
+                    .collect()
+            })
+            .collect();
+        if rows.is_empty() {
+            println!("no disks found");
+        } else {
+            print_table(&["POOL", "IDENTITY", "BYTES", "PATH", "STATE"], &rows);
+        }
+        for s in &skipped {
+            println!("skipped {}: {}", text(&s["path"]), text(&s["reason"]));
         }
     })
 }

@@ -16,27 +16,36 @@ impl Identity for Driver {
         let pools = tokio::task::spawn_blocking(move || engine.pool_status())
             .await
             .map_err(|e| Status::internal(format!("pool status task failed: {e}")))?;
-        let manifest = pools
-            .into_iter()
-            .map(|p| {
-                let state = match &p.degraded {
-                    Some(reason) => format!("degraded: {reason}"),
-                    None => format!(
-                        "ready: kind {}, {} volumes, {} of {} bytes available, sizes {}",
-                        p.kind,
-                        p.volumes,
-                        p.available_bytes,
-                        p.total_bytes,
-                        if p.size_enforced {
-                            "enforced"
-                        } else {
-                            "accounted, not enforced"
-                        }
-                    ),
-                };
-                (format!("pool/{}", p.name), state)
-            })
-            .collect();
+        let mut manifest: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        // A device pool's disks, one key each (`disk/<pool>/<identity>`), and the entries it skips.
+        for p in &pools {
+            for d in &p.inventory.entries {
+                let value = serde_json::json!({"size": d.size, "path": d.path, "state": d.state});
+                manifest.insert(format!("disk/{}/{}", p.name, d.key), value.to_string());
+            }
+            for (path, why) in &p.inventory.skipped {
+                manifest.insert(format!("skipped/{}/{}", p.name, path.display()), why.clone());
+            }
+        }
+        let pool_lines = pools.into_iter().map(|p| {
+            let state = match &p.degraded {
+                Some(reason) => format!("degraded: {reason}"),
+                None => format!(
+                    "ready: kind {}, {} volumes, {} of {} bytes available, sizes {}",
+                    p.kind,
+                    p.volumes,
+                    p.available_bytes,
+                    p.total_bytes,
+                    if p.size_enforced {
+                        "enforced"
+                    } else {
+                        "accounted, not enforced"
+                    }
+                ),
+            };
+            (format!("pool/{}", p.name), state)
+        });
+        manifest.extend(pool_lines);
         Ok(Response::new(csi::GetPluginInfoResponse {
             name: self.name.clone(),
             vendor_version: self.version.clone(),

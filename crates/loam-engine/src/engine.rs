@@ -12,7 +12,7 @@ use loam_sys::{host::Host, lockfile::LockFile};
 use tracing::{info, warn};
 
 use crate::{
-    backend::ProvisionSpec,
+    backend::{Inventory, ProvisionSpec},
     capability::{self, Refusal},
     capacity,
     error::{Error, IoContext, Result},
@@ -61,6 +61,8 @@ pub struct PoolStatus {
     pub available_bytes: u64,
     pub size_enforced: bool,
     pub degraded: Option<String>,
+    /// A device pool's disks, and the discovery entries it skips.
+    pub inventory: Inventory,
 }
 
 /// The server lock in the state directory.
@@ -112,8 +114,9 @@ impl Engine {
             ))
         })?;
         let mut pools = BTreeMap::new();
+        let owners = crate::backend::device::DiskOwners::default();
         for spec in &cfg.pools {
-            let pool = Pool::open(spec, cfg.host.clone(), &cfg.state_dir)?;
+            let pool = Pool::open(spec, cfg.host.clone(), &cfg.state_dir, &owners)?;
             pools.insert(pool.name.clone(), Arc::new(pool));
         }
         let notes = Notes::open(cfg.state_dir.join("mounts"))?;
@@ -185,10 +188,13 @@ impl Engine {
                 }
                 VolumeState::Creating | VolumeState::Deleting => {
                     info!(volume.id = %rec.id, state = ?rec.state, "finishing an interrupted operation by removing the volume");
-                    let removed = pool
-                        .backend
-                        .destroy(&rec.backing(&vid.file_stem()))
-                        .and_then(|()| pool.store.remove(&vid));
+                    let stem = vid.file_stem();
+                    let backing = rec.backing(&stem);
+                    let removed = match rec.state {
+                        VolumeState::Creating => pool.backend.abandon(&backing),
+                        _ => pool.backend.destroy(&backing),
+                    }
+                    .and_then(|()| pool.store.remove(&vid));
                     if let Err(e) = removed {
                         // Held back, not fatal: one volume that cannot be cleaned up must not stop the node.
                         warn!(volume.id = %rec.id, error = %e, "cannot finish removing the volume; quarantined");
@@ -211,7 +217,7 @@ impl Engine {
         } else {
             "sizes accounted, not enforced"
         };
-        info!(pool = %pool.name, kind = %pool.kind(), volumes = pool.len(), total_bytes = pool.total_bytes,
+        info!(pool = %pool.name, kind = %pool.kind(), volumes = pool.len(), total_bytes = pool.total(),
               reserved_bytes = pool.reserved(), overcommit_ratio = pool.spec.overcommit_ratio(),
               uuid = pool.uuid.as_deref().unwrap_or(""), "pool ready: {sizes}");
         if pool.spec.overcommit_ratio() > 1.0 {
@@ -219,6 +225,13 @@ impl Engine {
                   "thin pool overcommits: volumes may promise more than its filesystem holds and fail to write when it fills");
         }
         Ok(())
+    }
+
+    /// Looks at every device pool's discovery directory again now (SIGHUP).
+    pub fn rediscover(&self) {
+        for pool in self.pools.values() {
+            pool.backend.rediscover();
+        }
     }
 
     /// How every pool stands now.
@@ -229,11 +242,12 @@ impl Engine {
                 name: p.name.clone(),
                 kind: p.kind().name(),
                 volumes: p.len(),
-                total_bytes: p.total_bytes,
+                total_bytes: p.total(),
                 reserved_bytes: p.reserved(),
-                available_bytes: p.available(),
+                available_bytes: p.offer(&[]).available_bytes,
                 size_enforced: p.backend.enforces_size(),
                 degraded: p.degraded(),
+                inventory: p.inventory(),
             })
             .collect()
     }
@@ -476,13 +490,26 @@ impl Engine {
                 self.node_id, self.topology, req.requisite
             )));
         }
-        let size = capacity::choose_size(req.required_bytes, req.limit_bytes, pool.backend.granularity())?;
-        pool.reserve(size)?;
+        // A device pool gives a whole disk, of the size it has; other kinds give bytes.
+        let (size, disk, fs_type) = if pool.backend.entries(&[]).is_some() {
+            let offer = pool.take_disk(req.required_bytes, req.limit_bytes, &req.capabilities)?;
+            let fs = if block { None } else { offer.fs_type.clone() };
+            (offer.size, Some(offer.claim), fs)
+        } else {
+            let size =
+                capacity::choose_size(req.required_bytes, req.limit_bytes, pool.backend.granularity())?;
+            pool.reserve(size)?;
+            (size, None, fs_type)
+        };
+        let give_back = || match &disk {
+            Some(d) => pool.release_disk(d, size),
+            None => pool.release(size),
+        };
         let project_id = match pool.backend.project_ids() {
             Some(range) => match pool.allocate_project(range) {
                 Ok(id) => Some(id),
                 Err(e) => {
-                    pool.release(size);
+                    give_back();
                     return Err(e);
                 }
             },
@@ -498,6 +525,7 @@ impl Engine {
             block,
             fs_type: fs_type.clone(),
             project_id,
+            device: disk.clone(),
             parameters: params,
             state: VolumeState::Creating,
             created_unix: SystemTime::now()
@@ -506,6 +534,8 @@ impl Engine {
         };
         let stem = vid.file_stem();
         let made = (|| {
+            // For a device pool this names the disk before anything else happens: a crash from here on finds it
+            // held by this record, never free for a second volume.
             pool.store.save(&rec)?;
             pool.backend.provision(&ProvisionSpec {
                 stem: &stem,
@@ -513,6 +543,7 @@ impl Engine {
                 block,
                 fs_type: fs_type.as_deref(),
                 project_id,
+                device: disk.as_ref(),
             })?;
             rec.state = VolumeState::Ready;
             pool.store.save(&rec)
@@ -521,12 +552,12 @@ impl Engine {
             // Undo in reverse; a failure here is logged and left to start-up recovery (the record says Creating).
             if let Err(u) = pool
                 .backend
-                .destroy(&rec.backing(&stem))
+                .abandon(&rec.backing(&stem))
                 .and_then(|()| pool.store.remove(&vid))
             {
                 warn!(volume.id = %rec.id, error = %u, "could not undo a failed create; start-up will retry");
             }
-            pool.release(size);
+            give_back();
             if let Some(p) = project_id {
                 pool.release_project(p);
             }
@@ -591,6 +622,11 @@ impl Engine {
     /// Why `cap` cannot be used with the volume of `rec` in `pool`, if it cannot.
     pub(crate) fn refusal(pool: &Pool, rec: &VolumeRecord, cap: &Capability) -> Option<Refusal> {
         if let Some(r) = pool.backend.refusal(cap) {
+            return Some(r);
+        }
+        if let Ok(vid) = rec.volume_id()
+            && let Some(r) = pool.backend.volume_refusal(&rec.backing(&vid.file_stem()), cap)
+        {
             return Some(r);
         }
         let is_block = cap.access == AccessType::Block;
@@ -684,16 +720,13 @@ impl Engine {
         if caps.iter().any(|c| pool.backend.refusal(c).is_some()) {
             return Ok(none);
         }
-        let available = pool.available();
+        let report = pool.offer(caps);
         if pool.backend.enforces_size() {
-            tracing::debug!(pool = %pool.name, available, "capacity");
+            tracing::debug!(pool = %pool.name, available = report.available_bytes, "capacity");
         } else {
-            tracing::debug!(pool = %pool.name, available, "capacity: sizes accounted, not enforced");
+            tracing::debug!(pool = %pool.name, available = report.available_bytes,
+                            "capacity: sizes accounted, not enforced");
         }
-        let g = pool.backend.granularity();
-        Ok(CapacityReport {
-            available_bytes: available,
-            maximum_volume_bytes: available / g * g,
-        })
+        Ok(report)
     }
 }

@@ -74,6 +74,19 @@ fn sources(table: &MountTable, att: &Attachment) -> Vec<MountSource> {
     }
 }
 
+/// Every mount that shows the volume, but the one its directory lives on (a device pool's disk, mounted by the
+/// admin at its entry).
+fn uses<'t>(table: &'t MountTable, att: &Attachment) -> Vec<&'t MountInfo> {
+    let home = match att {
+        Attachment::Directory(d) => Some(d.as_path()),
+        Attachment::Device(_) => None,
+    };
+    mounts_showing(table, &sources(table, att))
+        .into_iter()
+        .filter(|m| Some(m.mount_point.as_path()) != home)
+        .collect()
+}
+
 fn mounts_showing<'t>(table: &'t MountTable, srcs: &[MountSource]) -> Vec<&'t MountInfo> {
     table
         .mounts()
@@ -178,11 +191,11 @@ impl Engine {
     /// Every place the volume is mounted (staging paths and publish targets).
     pub(crate) fn mounts_of(&self, pool: &Pool, rec: &VolumeRecord) -> Result<Vec<PathBuf>> {
         let stem = rec.volume_id()?.file_stem();
-        let Some(att) = pool.backend.attached(&stem)? else {
+        let Some(att) = pool.backend.attached(&rec.backing(&stem))? else {
             return Ok(vec![]);
         };
         let table = self.mount_table()?;
-        Ok(mounts_showing(&table, &sources(&table, &att))
+        Ok(uses(&table, &att)
             .into_iter()
             .map(|m| m.mount_point.clone())
             .collect())
@@ -213,12 +226,12 @@ impl Engine {
         }
         let read_only = req.capability.mode.is_read_only();
         let stem = vid.file_stem();
-        let att = pool.backend.attach(&stem)?;
+        let att = pool.backend.attach(&rec.backing(&stem))?;
         let id = &req.volume_id;
         // Whatever fails from here leaves the volume attached only if something shows it.
         let done = self
             .stage_attached(&rec, &att, req, read_only)
-            .inspect_err(|_| self.detach_if_unused(&pool, &stem, &att))?;
+            .inspect_err(|_| self.detach_if_unused(&pool, &rec, &stem, &att))?;
         if done {
             return self.check_note(staging, id, &req.capability, read_only, "staged");
         }
@@ -351,16 +364,14 @@ impl Engine {
 
     /// Detaches the volume when nothing shows it any more (after a failed stage, or at unstage). Failures are
     /// logged: a leftover attachment is found again and reused by the next stage.
-    fn detach_if_unused(&self, pool: &Pool, stem: &str, att: &Attachment) {
+    fn detach_if_unused(&self, pool: &Pool, rec: &VolumeRecord, stem: &str, att: &Attachment) {
         let Attachment::Device(_) = att else {
             return;
         };
-        let in_use = self
-            .mount_table()
-            .map(|t| !mounts_showing(&t, &sources(&t, att)).is_empty());
+        let in_use = self.mount_table().map(|t| !uses(&t, att).is_empty());
         match in_use {
             Ok(false) => {
-                if let Err(e) = pool.backend.detach(stem) {
+                if let Err(e) = pool.backend.detach(&rec.backing(stem)) {
                     warn!(pool = %pool.name, volume.stem = %stem, error = %e, "cannot detach the volume");
                 }
             }
@@ -380,7 +391,12 @@ impl Engine {
                 self.unstage_by_note(volume_id, staging, block, &pool, &reason)?;
                 if let Some(p) = self.pool(&pool)
                     && let Ok(vid) = crate::id::VolumeId::parse(volume_id)
-                    && let Err(e) = p.backend.detach(&vid.file_stem())
+                    && let Err(e) = p.backend.detach(&crate::backend::VolumeRef {
+                        stem: &vid.file_stem(),
+                        capacity_bytes: 0,
+                        project_id: None,
+                        device: None,
+                    })
                 {
                     warn!(volume.id = %volume_id, error = %e, "cannot detach the volume of a degraded pool");
                 }
@@ -391,7 +407,7 @@ impl Engine {
         let _guard = self.lock(&vid)?;
         let stem = vid.file_stem();
         let file = staged_device_file(staging, volume_id);
-        let Some(att) = pool.backend.attached(&stem)? else {
+        let Some(att) = pool.backend.attached(&rec.backing(&stem))? else {
             // Not attached: normally nothing of it is mounted (after a reboot), but a device that lost its image file
             // may still be; loam's note says whether it mounted that.
             return self.unstage_by_note(
@@ -404,7 +420,7 @@ impl Engine {
         };
         let table = self.mount_table()?;
         let srcs = sources(&table, &att);
-        let mounts = mounts_showing(&table, &srcs);
+        let mounts = uses(&table, &att);
         let staged_at = if rec.block { &file } else { staging };
         let others: Vec<PathBuf> = mounts
             .iter()
@@ -421,7 +437,7 @@ impl Engine {
         if rec.block {
             remove_target(&file)?;
         }
-        self.detach_if_unused(&pool, &stem, &att);
+        self.detach_if_unused(&pool, &rec, &stem, &att);
         self.notes.remove(staging);
         info!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
         Ok(())
@@ -534,7 +550,11 @@ impl Engine {
                 req.staging_path.display()
             ))
         };
-        let att = pool.backend.attached(&vid.file_stem())?.ok_or_else(not_staged)?;
+        let stem = vid.file_stem();
+        let att = pool
+            .backend
+            .attached(&rec.backing(&stem))?
+            .ok_or_else(not_staged)?;
         let table = self.mount_table()?;
         let block = req.capability.access == AccessType::Block;
         // What the target will show, where it shows staged, and what to bind from.
@@ -561,7 +581,7 @@ impl Engine {
             return self.check_note(target, id, &req.capability, read_only, "published");
         }
         if req.capability.mode.is_single_publication() {
-            let others: Vec<PathBuf> = mounts_showing(&table, &sources(&table, &att))
+            let others: Vec<PathBuf> = uses(&table, &att)
                 .into_iter()
                 .map(|m| m.mount_point.clone())
                 .filter(|p| p != &staged_at && p != target)
@@ -620,7 +640,7 @@ impl Engine {
     }
 
     pub fn unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
-        let (vid, pool, _) = match self.lookup(volume_id) {
+        let (vid, pool, rec) = match self.lookup(volume_id) {
             Err(Error::PoolUnusable { pool, reason }) => {
                 self.unmount_by_note(volume_id, target, target, &pool, &reason)?;
                 remove_target(target)?;
@@ -630,7 +650,7 @@ impl Engine {
             other => other?,
         };
         let _guard = self.lock(&vid)?;
-        match pool.backend.attached(&vid.file_stem())? {
+        match pool.backend.attached(&rec.backing(&vid.file_stem()))? {
             Some(att) => {
                 let table = self.mount_table()?;
                 self.unmount_all(target, &sources(&table, &att), volume_id)?;
@@ -653,13 +673,11 @@ impl Engine {
     pub fn stats(&self, volume_id: &str, path: &Path) -> Result<VolumeStats> {
         let (vid, pool, rec) = self.lookup(volume_id)?;
         let stem = vid.file_stem();
-        let att = pool.backend.attached(&stem)?;
+        let att = pool.backend.attached(&rec.backing(&stem))?;
         let table = self.mount_table()?;
-        let shown = att.as_ref().is_some_and(|a| {
-            mounts_showing(&table, &sources(&table, a))
-                .iter()
-                .any(|m| m.mount_point == path)
-        });
+        let shown = att
+            .as_ref()
+            .is_some_and(|a| uses(&table, a).iter().any(|m| m.mount_point == path));
         if !shown {
             // A mount loam made for this volume that no longer shows its backing: the image file was deleted or
             // replaced under a mounted loop device. Say so rather than "not here".

@@ -21,8 +21,9 @@ use tracing::warn;
 
 use crate::{
     backend::{
-        Backend,
+        Backend, Inventory, Offer,
         btrfs::{self, BtrfsBackend},
+        device::DeviceBackend,
         dir::{self, DirBackend},
         image::ImageBackend,
         volumes_dir,
@@ -30,8 +31,9 @@ use crate::{
     capacity,
     error::{Error, IoContext, Result},
     id::is_pool_name,
-    record::{RecordStore, VolumeRecord},
+    record::{DeviceClaim, RecordStore, VolumeRecord},
     spec::{PoolKind, PoolSpec},
+    types::{Capability, CapacityReport},
 };
 
 /// The marker file at a pool's root.
@@ -49,6 +51,10 @@ pub struct Marker {
 
 /// What the pool knows of a volume.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every entry is Ready; boxing would add an allocation per volume"
+)]
 pub enum Entry {
     Ready(VolumeRecord),
     /// Its record could not be used; operations on it are refused until an operator repairs it.
@@ -62,13 +68,15 @@ struct State {
     volumes: BTreeMap<String, Entry>,
     /// Project IDs held by volumes (and creates in flight), or found taken on the filesystem.
     projects: std::collections::BTreeSet<u32>,
+    /// Disks (device pools) held by volumes and creates in flight, by identity.
+    disks: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
     pub spec: PoolSpec,
-    /// The pool's directory (canonical when it exists).
+    /// The pool's directory (canonical when it exists); a device pool's is its state directory in the node's.
     pub root: PathBuf,
     /// Bytes the pool may hand out before overcommit.
     pub total_bytes: u64,
@@ -95,7 +103,14 @@ impl Pool {
     /// Opens the pool declared by `spec`: checks its identity, takes its lock, makes its directories on first use
     /// and builds its backend. Records are loaded by the engine. `state_dir` is the node's own state directory,
     /// where pool identities are remembered.
-    pub fn open(spec: &PoolSpec, host: Arc<dyn Host>, state_dir: &Path) -> Result<Pool> {
+    /// `owners` is shared by the node's device pools, so that a disk listed in two discovery directories serves
+    /// only the pool that found it first.
+    pub fn open(
+        spec: &PoolSpec,
+        host: Arc<dyn Host>,
+        state_dir: &Path,
+        owners: &crate::backend::device::DiskOwners,
+    ) -> Result<Pool> {
         let name = spec.name();
         if !is_pool_name(name) {
             return Err(Error::invalid(
@@ -136,19 +151,28 @@ impl Pool {
             }
             _ => None,
         };
+        // A device pool's disks are handed out whole, so its records live in the node's state directory.
+        let home = match spec {
+            PoolSpec::Device(_) => state_dir.join("devices").join(name),
+            _ => spec.path().to_owned(),
+        };
         let id = match wrong_fs {
             Some(why) => Identified {
-                root: spec.path().to_owned(),
+                root: home,
                 uuid: None,
                 lock: None,
                 degraded: Some(why),
             },
-            None => identify(spec, &known_dir)?,
+            None => identify(spec, &home, &known_dir)?,
         };
         let volumes = volumes_dir(&id.root);
         let mut degraded = id.degraded;
         if degraded.is_none() {
-            degraded = private_subdir(&id.root, "volumes")
+            let volumes_made = match spec {
+                PoolSpec::Device(_) => Ok(volumes.clone()),
+                _ => private_subdir(&id.root, "volumes"),
+            };
+            degraded = volumes_made
                 .and_then(|_| private_subdir(&id.root, "records"))
                 .err()
                 .map(|e| e.to_string());
@@ -165,10 +189,13 @@ impl Pool {
             }
             PoolSpec::Image(s) => Box::new(ImageBackend::new(volumes, s.allocation, host.clone())),
             PoolSpec::Btrfs(_) => Box::new(BtrfsBackend::new(volumes, host.clone())),
+            PoolSpec::Device(d) => Box::new(DeviceBackend::open(d, &id.root, host.clone(), owners.clone())),
         };
         // One look at the pool's filesystem: its size is the default budget, and a read-only one takes nothing.
         let fs = match &degraded {
             Some(_) => None,
+            // Its disks are its size, measured by discovery.
+            None if spec.kind() == PoolKind::Device => None,
             None => match host.statfs(&id.root) {
                 Ok(fs) if fs.read_only => {
                     degraded = Some(format!("{} is on a read-only filesystem", id.root.display()));
@@ -226,6 +253,147 @@ impl Pool {
 
     pub fn reserved(&self) -> u64 {
         self.state().reserved
+    }
+
+    /// Bytes the pool holds: its budget, or for a device pool the disks it has adopted or given out now.
+    pub fn total(&self) -> u64 {
+        match self.backend.entries(&[]) {
+            None => self.total_bytes,
+            Some(all) => {
+                let st = self.state();
+                all.iter()
+                    .filter(|o| o.free || st.disks.contains(&o.claim.entry))
+                    .map(|o| o.size)
+                    .fold(0, u64::saturating_add)
+            }
+        }
+    }
+
+    /// What a new volume with these capabilities can get now: for a device pool, the free disks that serve
+    /// them (the largest is the largest volume); otherwise bytes, as [`Pool::available`].
+    pub fn offer(&self, caps: &[Capability]) -> CapacityReport {
+        let Some(entries) = self.backend.entries(caps) else {
+            let available = self.available();
+            let g = self.backend.granularity();
+            return CapacityReport {
+                available_bytes: available,
+                maximum_volume_bytes: available / g * g,
+            };
+        };
+        if self.degraded().is_some() {
+            return CapacityReport {
+                available_bytes: 0,
+                maximum_volume_bytes: 0,
+            };
+        }
+        let free = self.free_disks(entries);
+        CapacityReport {
+            available_bytes: free.iter().map(|o| o.size).fold(0, u64::saturating_add),
+            maximum_volume_bytes: free.iter().map(|o| o.size).max().unwrap_or(0),
+        }
+    }
+
+    fn free_disks(&self, entries: Vec<Offer>) -> Vec<Offer> {
+        let st = self.state();
+        entries
+            .into_iter()
+            .filter(|o| o.free && !st.disks.contains(&o.claim.entry))
+            .collect()
+    }
+
+    /// Holds the smallest free disk that serves `caps` and whose size is within `required..=limit` (0: no
+    /// bound), for a new volume: best fit. RESOURCE_EXHAUSTED names the largest free size when a disk of the pool
+    /// could fit but none is free; OUT_OF_RANGE when no disk the pool has could.
+    pub fn take_disk(&self, required: u64, limit: u64, caps: &[Capability]) -> Result<Offer> {
+        if let Some(reason) = self.degraded() {
+            return Err(Error::Exhausted(format!(
+                "{reason}; it takes no new volumes until it is repaired"
+            )));
+        }
+        let all = self.backend.entries(caps).unwrap_or_default();
+        let fits = |o: &Offer| o.size >= required && (limit == 0 || o.size <= limit);
+        let range = match (required, limit) {
+            (0, 0) => "any size".to_owned(),
+            (_, 0) => format!("at least {required} bytes"),
+            _ => format!("{required} to {limit} bytes"),
+        };
+        let mut st = self.state();
+        let best = all
+            .iter()
+            .filter(|o| o.free && !st.disks.contains(&o.claim.entry) && fits(o))
+            .min_by_key(|o| (o.size, o.claim.entry.clone()));
+        if let Some(best) = best {
+            st.disks.insert(best.claim.entry.clone());
+            st.reserved = st.reserved.saturating_add(best.size);
+            return Ok(best.clone());
+        }
+        let largest_free = all
+            .iter()
+            .filter(|o| o.free && !st.disks.contains(&o.claim.entry))
+            .map(|o| o.size)
+            .max();
+        let sizes: Vec<String> = {
+            let mut s: Vec<u64> = all.iter().map(|o| o.size).collect();
+            s.sort_unstable();
+            s.dedup();
+            s.iter().map(u64::to_string).collect()
+        };
+        if !all.iter().any(fits) {
+            return Err(Error::OutOfRange(format!(
+                "pool {} has no disk of {range} for these capabilities; its disk sizes: {}",
+                self.name,
+                if sizes.is_empty() {
+                    "none".into()
+                } else {
+                    sizes.join(", ")
+                }
+            )));
+        }
+        Err(Error::Exhausted(match largest_free {
+            Some(l) => format!(
+                "pool {}: no free disk of {range}; the largest free disk has {l} bytes",
+                self.name
+            ),
+            None => format!(
+                "pool {}: no free disk of {range}; every disk that fits is in use, being cleaned or not adopted",
+                self.name
+            ),
+        }))
+    }
+
+    /// Gives back a disk held by [`Pool::take_disk`] for a create that failed.
+    pub fn release_disk(&self, claim: &DeviceClaim, size: u64) {
+        let mut st = self.state();
+        st.disks.remove(&claim.entry);
+        st.reserved = st.reserved.saturating_sub(size);
+    }
+
+    /// Every disk of a device pool and how it stands, the ones held named by their volume.
+    pub fn inventory(&self) -> Inventory {
+        let mut inv = self.backend.inventory();
+        let st = self.state();
+        let holders: BTreeMap<&str, &str> = st
+            .volumes
+            .values()
+            .filter_map(|e| match e {
+                Entry::Ready(r) => r.device.as_ref().map(|d| (d.entry.as_str(), r.id.as_str())),
+                Entry::Quarantined(_) => None,
+            })
+            .collect();
+        for e in &mut inv.entries {
+            if let Some(id) = holders.get(e.key.as_str()) {
+                e.state = if e.state.starts_with("missing") {
+                    format!("in use by volume {id}, {}", e.state)
+                } else {
+                    format!("in use by volume {id}")
+                };
+                e.free = false;
+            } else if st.disks.contains(&e.key) {
+                e.state = "being given to a new volume".into();
+                e.free = false;
+            }
+        }
+        inv
     }
 
     /// Why the pool cannot take new volumes now, if it cannot: degraded at start-up, or its directories broke
@@ -373,6 +541,9 @@ impl Pool {
         if let Some(id) = rec.project_id {
             st.projects.insert(id);
         }
+        if let Some(d) = &rec.device {
+            st.disks.insert(d.entry.clone());
+        }
         st.volumes.insert(rec.id.clone(), Entry::Ready(rec));
     }
 
@@ -388,14 +559,16 @@ impl Pool {
             if let Some(p) = rec.project_id {
                 st.projects.remove(&p);
             }
+            if let Some(d) = &rec.device {
+                st.disks.remove(&d.entry);
+            }
         }
     }
 }
 
 /// Finds out whether the pool's root is the pool this node knows, creating it only on first use.
-fn identify(spec: &PoolSpec, known_dir: &Path) -> Result<Identified> {
+fn identify(spec: &PoolSpec, path: &Path, known_dir: &Path) -> Result<Identified> {
     let name = spec.name();
-    let path = spec.path();
     let known_file = format!("{name}.json");
     let known: Option<Marker> = read_json(&known_dir.join(&known_file));
     let degraded = |root: &Path, why: String| Identified {

@@ -15,7 +15,7 @@ use crate::{
 
 /// The version this build writes. Records gain fields additively (with defaults), so every version from
 /// [`OLDEST_RECORD_VERSION`] up to this one reads correctly; a newer one, written by a later loam, is held back.
-pub const RECORD_VERSION: u32 = 2;
+pub const RECORD_VERSION: u32 = 3;
 pub const OLDEST_RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,9 +44,34 @@ pub struct VolumeRecord {
     /// The project ID of its directory, in pools that enforce sizes with project quota (version 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<u32>,
+    /// The disk it was given, in device pools (version 3): written before anything else is done for the volume,
+    /// so a disk is never given twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceClaim>,
     pub parameters: BTreeMap<String, String>,
     pub state: VolumeState,
     pub created_unix: u64,
+}
+
+/// A device pool's disk, as a volume's record names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceClaim {
+    /// What identifies the disk across reboots and renames: `fs:<uuid>` for a mounted filesystem,
+    /// `dev:<wwn or serial or loop backing>` or `by-id:<name>` for a block device.
+    pub entry: String,
+    /// Its path in the discovery directory when it was given.
+    pub path: PathBuf,
+    pub sort: EntrySort,
+}
+
+/// The two sorts of device-pool entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntrySort {
+    /// A mounted filesystem: the whole mount is the volume.
+    Mount,
+    /// A block device.
+    Block,
 }
 
 impl VolumeRecord {
@@ -55,11 +80,12 @@ impl VolumeRecord {
     }
 
     /// What the backend needs to know of this volume, whose file stem is `stem`.
-    pub fn backing<'a>(&self, stem: &'a str) -> crate::backend::VolumeRef<'a> {
+    pub fn backing<'a>(&'a self, stem: &'a str) -> crate::backend::VolumeRef<'a> {
         crate::backend::VolumeRef {
             stem,
             capacity_bytes: self.capacity_bytes,
             project_id: self.project_id,
+            device: self.device.as_ref(),
         }
     }
 }
@@ -178,10 +204,44 @@ mod tests {
             block: false,
             fs_type: None,
             project_id: None,
+            device: None,
             parameters: BTreeMap::new(),
             state: VolumeState::Ready,
             created_unix: 1,
         }
+    }
+
+    #[test]
+    fn a_device_claim_round_trips_and_version_2_records_have_none() {
+        let d = tempfile::tempdir().unwrap();
+        let store = RecordStore::new(d.path().to_owned());
+        let mut want = rec("disk");
+        want.device = Some(DeviceClaim {
+            entry: "dev:wwn-0x5000c500a1b2c3d4".into(),
+            path: "/mnt/disks/ssd/d1".into(),
+            sort: EntrySort::Block,
+        });
+        store.save(&want).unwrap();
+        let text = std::fs::read_to_string(
+            d.path()
+                .join(format!("{}.json", want.volume_id().unwrap().file_stem())),
+        )
+        .unwrap();
+        assert!(text.contains(r#""sort": "block""#), "{text}");
+        assert_eq!(store.load_all("default").unwrap().records, vec![want.clone()]);
+        // What version 2 wrote (no device field) reads as a volume without a disk.
+        let mut v2: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v2["version"] = 2.into();
+        v2.as_object_mut().unwrap().remove("device");
+        std::fs::write(
+            d.path()
+                .join(format!("{}.json", want.volume_id().unwrap().file_stem())),
+            v2.to_string(),
+        )
+        .unwrap();
+        let loaded = store.load_all("default").unwrap().records;
+        assert_eq!(loaded[0].device, None);
+        assert_eq!(loaded[0].version, 2);
     }
 
     #[test]

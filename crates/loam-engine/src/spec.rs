@@ -24,6 +24,8 @@ pub enum PoolSpec {
     Image(ImageSpec),
     /// Volumes are btrfs subvolumes with a quota limit.
     Btrfs(BtrfsSpec),
+    /// Volumes are whole disks, found in a discovery directory.
+    Device(DeviceSpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +99,78 @@ pub struct BtrfsSpec {
     pub quota: QuotaChoice,
 }
 
+/// A pool of whole disks: each entry of a discovery directory that matches a name pattern is one disk, handed
+/// out whole to one volume and cleaned when that volume is deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    pub name: String,
+    /// The discovery directory: mount points of formatted disks, and links to block devices (best by
+    /// `/dev/disk/by-id` name).
+    pub path: PathBuf,
+    /// Entry names to use, with `*` and `?` wildcards (default `*`).
+    #[serde(default = "default_pattern")]
+    pub pattern: String,
+    /// What the entries serve.
+    #[serde(default)]
+    pub volume_mode: VolumeMode,
+    /// Filesystem made on a block device used for a filesystem volume, on its first stage; without it block
+    /// devices serve only block volumes.
+    #[serde(default)]
+    pub fs_type: Option<String>,
+    /// How a block device is cleaned when its volume is deleted.
+    #[serde(default)]
+    pub cleanup: Cleanup,
+    /// Offer entries that hold data (a signature, files) too; by default only empty ones are used.
+    #[serde(default)]
+    pub adopt_non_empty: bool,
+    /// Seconds between looks at the discovery directory (default 60; also on SIGHUP).
+    #[serde(default)]
+    pub discovery_interval_seconds: Option<u64>,
+}
+
+fn default_pattern() -> String {
+    "*".to_owned()
+}
+
+/// Seconds between discoveries of a device pool unless configured.
+pub const DEFAULT_DISCOVERY_SECONDS: u64 = 60;
+
+/// The volume mode a device pool's entries serve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeMode {
+    /// Filesystem volumes: mount points, and block devices formatted with the pool's `fs_type`.
+    #[default]
+    Filesystem,
+    /// Raw block volumes: block devices only.
+    Block,
+}
+
+/// How a device pool cleans a block device before offering it again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cleanup {
+    /// Discard the whole device (BLKDISCARD), then check a sample reads back as zeros; zero it where the device
+    /// cannot discard, gives no sign that discarded blocks read as zeros, or the sample shows old data.
+    #[default]
+    Discard,
+    /// Zero the whole device (BLKZEROOUT).
+    Zero,
+    /// Wipe only the signatures in the first and last MiB: quick, but the old data stays readable.
+    ZeroHeader,
+}
+
+impl Cleanup {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cleanup::Discard => "discard",
+            Cleanup::Zero => "zero",
+            Cleanup::ZeroHeader => "zero-header",
+        }
+    }
+}
+
 /// The quota accounting a btrfs pool turns on when its filesystem has none on yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +202,7 @@ pub enum PoolKind {
     Dir,
     Image,
     Btrfs,
+    Device,
 }
 
 impl PoolKind {
@@ -136,6 +211,7 @@ impl PoolKind {
             PoolKind::Dir => "dir",
             PoolKind::Image => "image",
             PoolKind::Btrfs => "btrfs",
+            PoolKind::Device => "device",
         }
     }
 }
@@ -170,6 +246,20 @@ impl PoolSpec {
         })
     }
 
+    /// A device pool of block devices and mount points under `path`, for filesystem volumes, cleaned by discard.
+    pub fn device(name: &str, path: impl Into<PathBuf>) -> PoolSpec {
+        PoolSpec::Device(DeviceSpec {
+            name: name.to_owned(),
+            path: path.into(),
+            pattern: default_pattern(),
+            volume_mode: VolumeMode::Filesystem,
+            fs_type: None,
+            cleanup: Cleanup::Discard,
+            adopt_non_empty: false,
+            discovery_interval_seconds: None,
+        })
+    }
+
     /// A thick image pool without a configured capacity.
     pub fn image(name: &str, path: impl Into<PathBuf>) -> PoolSpec {
         PoolSpec::Image(ImageSpec {
@@ -187,6 +277,7 @@ impl PoolSpec {
             PoolSpec::Dir(_) => PoolKind::Dir,
             PoolSpec::Image(_) => PoolKind::Image,
             PoolSpec::Btrfs(_) => PoolKind::Btrfs,
+            PoolSpec::Device(_) => PoolKind::Device,
         }
     }
 
@@ -195,6 +286,7 @@ impl PoolSpec {
             PoolSpec::Dir(s) => &s.name,
             PoolSpec::Image(s) => &s.name,
             PoolSpec::Btrfs(s) => &s.name,
+            PoolSpec::Device(s) => &s.name,
         }
     }
 
@@ -203,6 +295,7 @@ impl PoolSpec {
             PoolSpec::Dir(s) => &s.path,
             PoolSpec::Image(s) => &s.path,
             PoolSpec::Btrfs(s) => &s.path,
+            PoolSpec::Device(s) => &s.path,
         }
     }
 
@@ -211,6 +304,8 @@ impl PoolSpec {
             PoolSpec::Dir(s) => s.capacity,
             PoolSpec::Image(s) => s.capacity,
             PoolSpec::Btrfs(s) => s.capacity,
+            // The disks found are the budget.
+            PoolSpec::Device(_) => None,
         }
         .map(|b| b.0)
     }
@@ -222,6 +317,7 @@ impl PoolSpec {
             PoolSpec::Dir(s) => s.capacity = c,
             PoolSpec::Image(s) => s.capacity = c,
             PoolSpec::Btrfs(s) => s.capacity = c,
+            PoolSpec::Device(_) => {}
         }
         self
     }
@@ -238,7 +334,7 @@ impl PoolSpec {
     pub fn overcommit_ratio(&self) -> f64 {
         match self {
             PoolSpec::Image(s) => s.overcommit_ratio.unwrap_or(1.0),
-            PoolSpec::Dir(_) | PoolSpec::Btrfs(_) => 1.0,
+            PoolSpec::Dir(_) | PoolSpec::Btrfs(_) | PoolSpec::Device(_) => 1.0,
         }
     }
 
@@ -247,6 +343,7 @@ impl PoolSpec {
     pub fn default_fs_type(&self) -> Option<&str> {
         match self {
             PoolSpec::Image(s) => Some(s.fs_type.as_deref().unwrap_or(crate::capability::FS_TYPES[0])),
+            PoolSpec::Device(s) => s.fs_type.as_deref(),
             PoolSpec::Dir(_) | PoolSpec::Btrfs(_) => None,
         }
     }
@@ -269,9 +366,33 @@ impl PoolSpec {
                 ));
             }
         }
-        if let PoolSpec::Image(ImageSpec {
-            fs_type: Some(fs), ..
-        }) = self
+        let fs_type = match self {
+            PoolSpec::Image(s) => s.fs_type.as_ref(),
+            PoolSpec::Device(s) => s.fs_type.as_ref(),
+            _ => None,
+        };
+        if let PoolSpec::Device(d) = self {
+            if d.pattern.is_empty() || d.pattern.contains('/') {
+                return Err(format!(
+                    "pool {}: pattern {:?} must be a non-empty entry name (with * and ?), without '/'",
+                    d.name, d.pattern
+                ));
+            }
+            if d.discovery_interval_seconds == Some(0) {
+                return Err(format!(
+                    "pool {}: discovery_interval_seconds must be at least 1",
+                    d.name
+                ));
+            }
+            if d.volume_mode == VolumeMode::Block && d.fs_type.is_some() {
+                return Err(format!(
+                    "pool {}: fs_type formats block devices for filesystem volumes; a pool with volume_mode \
+                     \"block\" serves raw devices and never formats them",
+                    d.name
+                ));
+            }
+        }
+        if let Some(fs) = fs_type
             && !crate::capability::FS_TYPES.contains(&fs.as_str())
         {
             return Err(format!(

@@ -498,6 +498,64 @@ pub fn in_use(device: &Path) -> io::Result<Option<String>> {
     }
 }
 
+/// What holds `device` that the mount table and sysfs show, as [`in_use`] reports it, but without its brief
+/// exclusive open: safe while another thread may be mounting or formatting the device, so it is what periodic
+/// discovery asks. `None` if nothing shows.
+pub fn visible_users(device: &Path) -> io::Result<Option<String>> {
+    let dev = open_block(device, OFlags::RDONLY)?;
+    let reasons = users(dev.rdev)?;
+    Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
+}
+
+/// How many windows [`first_nonzero_sampled`] reads between the device's first and last MiB.
+const SAMPLE_WINDOWS: u64 = 64;
+/// The size of each of those windows.
+const SAMPLE_BYTES: u64 = 64 << 10;
+
+/// The offset of the first byte that is not zero in a sample of `device`: its first and last MiB and
+/// [`SAMPLE_WINDOWS`] windows of 64 KiB spread evenly between them; `None` when the sample is all zeros.
+///
+/// A check that discarded blocks read back as zeros on this device, not a proof that all of it does. Reads go
+/// through the page cache, which `BLKDISCARD` and `BLKZEROOUT` drop for the ranges they cover.
+pub fn first_nonzero_sampled(device: &Path) -> io::Result<Option<u64>> {
+    let dev = open_block(device, OFlags::RDONLY)?;
+    let total = dev.size()?;
+    let mut ranges = vec![(0, total.min(WIPE_BYTES))];
+    let inner_start = WIPE_BYTES.min(total);
+    let inner_end = total.saturating_sub(WIPE_BYTES).max(inner_start);
+    let span = inner_end - inner_start;
+    if span > 0 {
+        for i in 0..SAMPLE_WINDOWS {
+            let at = inner_start + span / SAMPLE_WINDOWS * i;
+            ranges.push((at, (at + SAMPLE_BYTES).min(inner_end)));
+        }
+    }
+    ranges.push((inner_end, total));
+    let mut buf = vec![0u8; WIPE_BYTES as usize];
+    for (start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let want = usize::try_from(end - at).map_or(buf.len(), |n| n.min(buf.len()));
+            let n = match rustix::io::pread(&dev.fd, &mut buf[..want], at) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(crate::context(
+                        e,
+                        format!("reading {} at byte {at}", device.display()),
+                    ));
+                }
+            };
+            if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+                return Ok(Some(at + i as u64));
+            }
+            at += n as u64;
+        }
+    }
+    Ok(None)
+}
+
 /// Opens `device` for `doing` (as in "discarding") something destructive: `O_RDWR | O_EXCL` (see
 /// [`open_exclusive`]), and refuses it with `EBUSY` if the kernel does, or if [`in_use`] reports anything.
 fn open_for_writing<'a>(device: &'a Path, doing: &str) -> io::Result<Device<'a>> {

@@ -52,8 +52,28 @@ struct Projects {
     usage: BTreeMap<u32, ProjectUsage>,
 }
 
+/// A whole block device the fake pretends exists at a path (see [`FakeHost::add_device`]).
+#[derive(Debug, Clone, Default)]
+pub struct FakeDevice {
+    pub size: u64,
+    pub identity: Option<String>,
+    /// What holds it, as `device_users` reports.
+    pub users: Option<String>,
+    pub signature: Option<String>,
+    pub fs_uuid: Option<String>,
+    /// Whether `discard` works (else it fails as unsupported).
+    pub discard: bool,
+    /// What `discard_zeroes` answers.
+    pub discard_zeroes: bool,
+    /// Whether discarded blocks still read back as the old data.
+    pub discard_keeps_data: bool,
+    /// Whether anything written is still readable on it.
+    pub dirty: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    devices: BTreeMap<PathBuf, FakeDevice>,
     btrfs: Vec<Btrfs>,
     projects: Vec<Projects>,
     mounts: Vec<MountInfo>,
@@ -119,6 +139,20 @@ impl FakeHost {
     /// Lets `skip` calls of `op` through, then fails the next one with `errno`.
     pub fn fail_after(&self, op: &str, skip: usize, errno: i32) {
         self.state().failures.push((op.to_owned(), skip, errno));
+    }
+
+    /// Pretends `path` is the block device `dev`.
+    pub fn add_device(&self, path: &Path, dev: FakeDevice) {
+        self.state().devices.insert(path.to_owned(), dev);
+    }
+
+    /// The fake block device at `path`, as it is now.
+    pub fn device(&self, path: &Path) -> Option<FakeDevice> {
+        self.state().devices.get(path).cloned()
+    }
+
+    fn device_mut<'s>(st: &'s mut State, path: &Path) -> io::Result<&'s mut FakeDevice> {
+        st.devices.get_mut(path).ok_or_else(|| errno(libc::ENOENT))
     }
 
     /// Every call so far, as `"<op> <arguments>"`, in order.
@@ -462,6 +496,9 @@ impl Host for FakeHost {
     fn device_size(&self, device: &Path) -> io::Result<u64> {
         let mut st = self.state();
         self.enter(&mut st, "device_size", device.display().to_string())?;
+        if let Some(d) = st.devices.get(device) {
+            return Ok(d.size);
+        }
         let file = Self::backing_of(&st, device)?;
         Ok(std::fs::metadata(file)?.len())
     }
@@ -469,6 +506,9 @@ impl Host for FakeHost {
     fn signature(&self, device: &Path) -> io::Result<Option<String>> {
         let mut st = self.state();
         self.enter(&mut st, "signature", device.display().to_string())?;
+        if let Some(d) = st.devices.get(device) {
+            return Ok(d.signature.clone());
+        }
         let file = Self::backing_of(&st, device)?;
         Ok(st.formatted.get(&file).cloned())
     }
@@ -476,9 +516,93 @@ impl Host for FakeHost {
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         let mut st = self.state();
         self.enter(&mut st, "mkfs", format!("{} {fs_type}", device.display()))?;
+        if let Some(d) = st.devices.get_mut(device) {
+            d.signature = Some(fs_type.to_owned());
+            d.dirty = true;
+            return Ok(());
+        }
         let file = Self::backing_of(&st, device)?;
         st.formatted.insert(file, fs_type.to_owned());
         Ok(())
+    }
+
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>> {
+        let mut st = self.state();
+        self.enter(&mut st, "fs_uuid", device.display().to_string())?;
+        Ok(Self::device_mut(&mut st, device)?.fs_uuid.clone())
+    }
+
+    fn device_identity(&self, device: &Path) -> io::Result<Option<String>> {
+        let mut st = self.state();
+        self.enter(&mut st, "device_identity", device.display().to_string())?;
+        Ok(Self::device_mut(&mut st, device)?.identity.clone())
+    }
+
+    fn device_users(&self, device: &Path) -> io::Result<Option<String>> {
+        let mut st = self.state();
+        self.enter(&mut st, "device_users", device.display().to_string())?;
+        Ok(Self::device_mut(&mut st, device)?.users.clone())
+    }
+
+    fn discard(&self, device: &Path, progress: &mut dyn FnMut(u64, u64)) -> io::Result<()> {
+        let size = {
+            let mut st = self.state();
+            self.enter(&mut st, "discard", device.display().to_string())?;
+            let d = Self::device_mut(&mut st, device)?;
+            if !d.discard {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "discarding {}: the device does not support discard",
+                        device.display()
+                    ),
+                ));
+            }
+            if !d.discard_keeps_data {
+                d.dirty = false;
+                d.signature = None;
+                d.fs_uuid = None;
+            }
+            d.size
+        };
+        progress(size, size);
+        Ok(())
+    }
+
+    fn discard_zeroes(&self, device: &Path) -> io::Result<bool> {
+        let mut st = self.state();
+        self.enter(&mut st, "discard_zeroes", device.display().to_string())?;
+        Ok(Self::device_mut(&mut st, device)?.discard_zeroes)
+    }
+
+    fn zero(&self, device: &Path, progress: &mut dyn FnMut(u64, u64)) -> io::Result<()> {
+        let size = {
+            let mut st = self.state();
+            self.enter(&mut st, "zero", device.display().to_string())?;
+            let d = Self::device_mut(&mut st, device)?;
+            d.dirty = false;
+            d.signature = None;
+            d.fs_uuid = None;
+            d.size
+        };
+        progress(size / 2, size);
+        progress(size, size);
+        Ok(())
+    }
+
+    fn wipe_signatures(&self, device: &Path) -> io::Result<()> {
+        let mut st = self.state();
+        self.enter(&mut st, "wipe_signatures", device.display().to_string())?;
+        let d = Self::device_mut(&mut st, device)?;
+        d.signature = None;
+        d.fs_uuid = None;
+        Ok(())
+    }
+
+    fn first_nonzero(&self, device: &Path) -> io::Result<Option<u64>> {
+        let mut st = self.state();
+        self.enter(&mut st, "first_nonzero", device.display().to_string())?;
+        Ok(Self::device_mut(&mut st, device)?.dirty.then_some(4096))
     }
 
     fn is_btrfs(&self, path: &Path) -> io::Result<bool> {

@@ -1,6 +1,6 @@
 //! The one seam between the engine and the operating system's privileged calls: the mount table, bind mounts,
-//! filesystem mounts, unmounts, statfs, loop devices, formatting, btrfs subvolumes and quotas, and project
-//! quota.
+//! filesystem mounts, unmounts, statfs, loop devices, formatting, whole block devices (identity, users,
+//! discard, zeroing), btrfs subvolumes and quotas, and project quota.
 //!
 //! The engine holds an `Arc<dyn Host>`. [`RealHost`] makes the real calls; [`crate::fake::FakeHost`] simulates
 //! them in memory, records every call and can fail a chosen one, so the engine's failure paths (mkfs fails after
@@ -48,6 +48,24 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn signature(&self, device: &Path) -> io::Result<Option<String>>;
     /// Formats `device` with `fs_type` (ext4 or xfs).
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()>;
+    /// The UUID of the filesystem on `device`, if it holds one.
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>>;
+
+    /// What identifies block device `device` across reboots and renames (WWN, serial, a loop device's backing
+    /// file), if anything does.
+    fn device_identity(&self, device: &Path) -> io::Result<Option<String>>;
+    /// What holds `device` that the mount table and sysfs show (mounts, holders, partitions), if anything.
+    fn device_users(&self, device: &Path) -> io::Result<Option<String>>;
+    /// Discards all of `device`, reporting `(done, total)` bytes; an error of kind `Unsupported` when it cannot.
+    fn discard(&self, device: &Path, progress: &mut dyn FnMut(u64, u64)) -> io::Result<()>;
+    /// Whether `device` supports discard and offloaded write-zeroes (a sign discarded blocks read as zeros).
+    fn discard_zeroes(&self, device: &Path) -> io::Result<bool>;
+    /// Zeroes all of `device`, reporting `(done, total)` bytes.
+    fn zero(&self, device: &Path, progress: &mut dyn FnMut(u64, u64)) -> io::Result<()>;
+    /// Zeroes the first and last MiB of `device`, where filesystem and partition signatures live.
+    fn wipe_signatures(&self, device: &Path) -> io::Result<()>;
+    /// The offset of the first non-zero byte in a sample of `device`, if the sample holds one.
+    fn first_nonzero(&self, device: &Path) -> io::Result<Option<u64>>;
 
     /// Whether `path` is on a btrfs filesystem.
     fn is_btrfs(&self, path: &Path) -> io::Result<bool>;
@@ -134,6 +152,38 @@ impl Host for RealHost {
 
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         crate::mkfs::make(device, fs_type)
+    }
+
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>> {
+        crate::mkfs::fs_uuid(device)
+    }
+
+    fn device_identity(&self, device: &Path) -> io::Result<Option<String>> {
+        crate::blockdev::identity(device)
+    }
+
+    fn device_users(&self, device: &Path) -> io::Result<Option<String>> {
+        crate::blockdev::visible_users(device)
+    }
+
+    fn discard(&self, device: &Path, progress: &mut dyn FnMut(u64, u64)) -> io::Result<()> {
+        crate::blockdev::discard(device, progress)
+    }
+
+    fn discard_zeroes(&self, device: &Path) -> io::Result<bool> {
+        crate::blockdev::discard_zeroes(device)
+    }
+
+    fn zero(&self, device: &Path, progress: &mut dyn FnMut(u64, u64)) -> io::Result<()> {
+        crate::blockdev::zero(device, progress)
+    }
+
+    fn wipe_signatures(&self, device: &Path) -> io::Result<()> {
+        crate::blockdev::wipe_signatures(device)
+    }
+
+    fn first_nonzero(&self, device: &Path) -> io::Result<Option<u64>> {
+        crate::blockdev::first_nonzero_sampled(device)
     }
 
     fn is_btrfs(&self, path: &Path) -> io::Result<bool> {

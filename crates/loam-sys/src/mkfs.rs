@@ -122,6 +122,16 @@ fn failed(tool: &Tool, args: &[&OsStr], output: &Output) -> io::Error {
 /// blkid also says "nothing found" for a device it cannot open, so the device
 /// is opened for reading here first: a missing or unreadable one is an error.
 pub fn signature(device: &Path) -> io::Result<Option<String>> {
+    Ok(probe(device)?.map(|text| parse_export(&text)))
+}
+
+/// The UUID of the filesystem on `device` (`blkid -p`'s `UUID`), if it holds one that has a UUID.
+pub fn fs_uuid(device: &Path) -> io::Result<Option<String>> {
+    Ok(probe(device)?.and_then(|text| export_value(&text, "UUID").map(str::to_owned)))
+}
+
+/// `blkid -p -o export <device>`'s output, or `None` when it finds nothing (see [`signature`]).
+fn probe(device: &Path) -> io::Result<Option<String>> {
     check_device(device)?;
     rustix::fs::open(device, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| crate::context(e, format!("opening {} to probe it", device.display())))?;
@@ -133,20 +143,24 @@ pub fn signature(device: &Path) -> io::Result<Option<String>> {
     ];
     let output = run(&BLKID, &args)?;
     match output.status.code() {
-        Some(0) => Ok(Some(parse_export(&String::from_utf8_lossy(&output.stdout)))),
+        Some(0) => Ok(Some(String::from_utf8_lossy(&output.stdout).into_owned())),
         Some(BLKID_NOTHING_FOUND) => Ok(None),
         _ => Err(failed(&BLKID, &args, &output)),
     }
 }
 
+/// The value of `key` in `blkid -o export` output.
+fn export_value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
 /// Names what `blkid -o export` output (`KEY=value` lines) describes.
 fn parse_export(text: &str) -> String {
-    let value = |key: &str| {
-        text.lines()
-            .filter_map(|line| line.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.trim())
-    };
+    let value = |key: &str| export_value(text, key);
     if let Some(fs_type) = value("TYPE") {
         return fs_type.to_owned();
     }

@@ -270,15 +270,15 @@ impl Backend for DirBackend {
         writable_dir_problem(&self.volumes)
     }
 
-    fn attach(&self, stem: &str) -> Result<Attachment> {
-        Ok(Attachment::Directory(self.path(stem)))
+    fn attach(&self, v: &VolumeRef<'_>) -> Result<Attachment> {
+        Ok(Attachment::Directory(self.path(v.stem)))
     }
 
-    fn attached(&self, stem: &str) -> Result<Option<Attachment>> {
-        self.attach(stem).map(Some)
+    fn attached(&self, v: &VolumeRef<'_>) -> Result<Option<Attachment>> {
+        self.attach(v).map(Some)
     }
 
-    fn detach(&self, _stem: &str) -> Result<()> {
+    fn detach(&self, _v: &VolumeRef<'_>) -> Result<()> {
         Ok(())
     }
 }

@@ -142,7 +142,7 @@ impl Backend for ImageBackend {
 
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
         let stem = v.stem;
-        self.detach(stem)?;
+        self.detach(v)?;
         loam_sys::fs::remove_file_durable(&self.volumes, &Self::file_name(stem))
             .ctx(|| format!("removing image file {}", self.file(stem).display()))
     }
@@ -194,7 +194,8 @@ impl Backend for ImageBackend {
         super::dir::writable_dir_problem(&self.volumes)
     }
 
-    fn attach(&self, stem: &str) -> Result<Attachment> {
+    fn attach(&self, v: &VolumeRef<'_>) -> Result<Attachment> {
+        let stem = v.stem;
         if let Some(l) = self.loops(stem)?.first() {
             return Ok(device(l));
         }
@@ -212,12 +213,12 @@ impl Backend for ImageBackend {
         Ok(device(&l))
     }
 
-    fn attached(&self, stem: &str) -> Result<Option<Attachment>> {
-        Ok(self.loops(stem)?.first().map(device))
+    fn attached(&self, v: &VolumeRef<'_>) -> Result<Option<Attachment>> {
+        Ok(self.loops(v.stem)?.first().map(device))
     }
 
-    fn detach(&self, stem: &str) -> Result<()> {
-        for l in self.loops(stem)? {
+    fn detach(&self, v: &VolumeRef<'_>) -> Result<()> {
+        for l in self.loops(v.stem)? {
             self.host
                 .loop_detach(&l)
                 .ctx(|| format!("detaching loop device {}", l.path.display()))?;

@@ -11,9 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{capability::Refusal, error::Result, spec::PoolKind, types::Capability};
+use crate::{capability::Refusal, error::Result, record::DeviceClaim, spec::PoolKind, types::Capability};
 
 pub mod btrfs;
+pub mod device;
 pub mod dir;
 pub mod image;
 
@@ -32,6 +33,8 @@ pub struct VolumeRef<'a> {
     pub capacity_bytes: u64,
     /// The project ID its directory carries, for pools that enforce sizes with project quota.
     pub project_id: Option<u32>,
+    /// The disk it was given, in device pools.
+    pub device: Option<&'a DeviceClaim>,
 }
 
 /// What CreateVolume asks a backend to make.
@@ -46,6 +49,8 @@ pub struct ProvisionSpec<'a> {
     pub fs_type: Option<&'a str>,
     /// The project ID allocated for it, when the backend asks for one ([`Backend::project_ids`]).
     pub project_id: Option<u32>,
+    /// The disk chosen for it, when the backend hands out whole entries ([`Backend::entries`]).
+    pub device: Option<&'a DeviceClaim>,
 }
 
 impl ProvisionSpec<'_> {
@@ -54,6 +59,7 @@ impl ProvisionSpec<'_> {
             stem: self.stem,
             capacity_bytes: self.capacity_bytes,
             project_id: self.project_id,
+            device: self.device,
         }
     }
 }
@@ -89,6 +95,27 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Why this kind cannot serve `cap`, if it cannot, naming what can.
     fn refusal(&self, cap: &Capability) -> Option<Refusal>;
 
+    /// Why this one volume cannot serve `cap` though its kind can, if it cannot (a disk that is a mount point
+    /// takes no mount flags but `ro`).
+    fn volume_refusal(&self, _v: &VolumeRef<'_>, _cap: &Capability) -> Option<Refusal> {
+        None
+    }
+
+    /// For kinds that hand out whole entries instead of bytes (device pools): every entry that serves all of
+    /// `caps`, whether it is free to offer now or not. The pool picks among the free ones and holds the one it
+    /// picks; `None` for kinds that hand out bytes.
+    fn entries(&self, _caps: &[Capability]) -> Option<Vec<Offer>> {
+        None
+    }
+
+    /// How each entry stands, for status; empty for kinds without entries.
+    fn inventory(&self) -> Inventory {
+        Inventory::default()
+    }
+
+    /// Looks for entries again now (device pools; also done periodically).
+    fn rediscover(&self) {}
+
     /// Project IDs this kind gives its volumes (one each, recorded, never shared), if it uses any.
     fn project_ids(&self) -> Option<std::ops::RangeInclusive<u32>> {
         None
@@ -105,6 +132,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Removes the backing of a volume (detaching it first if it is attached and unused); succeeds when it is
     /// already gone.
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()>;
+
+    /// Removes the backing of a volume whose create never finished, so it was never handed out: a disk goes back
+    /// without cleaning, as nothing wrote to it.
+    fn abandon(&self, v: &VolumeRef<'_>) -> Result<()> {
+        self.destroy(v)
+    }
 
     /// Why the backing differs from what the record says, if it does: missing, the wrong size or limit, attached
     /// to a device that shows another file.
@@ -126,13 +159,45 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn health(&self) -> Option<String>;
 
     /// Attaches the volume to this node (idempotent: an existing attachment is returned, never a second one).
-    fn attach(&self, stem: &str) -> Result<Attachment>;
+    fn attach(&self, v: &VolumeRef<'_>) -> Result<Attachment>;
 
     /// The volume's attachment if it has one now, without making one.
-    fn attached(&self, stem: &str) -> Result<Option<Attachment>>;
+    fn attached(&self, v: &VolumeRef<'_>) -> Result<Option<Attachment>>;
 
     /// Undoes `attach`; succeeds when nothing is attached.
-    fn detach(&self, stem: &str) -> Result<()>;
+    fn detach(&self, v: &VolumeRef<'_>) -> Result<()>;
+}
+
+/// An entry of a pool that hands out whole entries, as [`Backend::entries`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub claim: DeviceClaim,
+    pub size: u64,
+    /// The filesystem the volume will have: the mount point's, or what the device will be formatted with.
+    pub fs_type: Option<String>,
+    /// Present, adopted, clean and held by nothing else: the pool may give it to a volume.
+    pub free: bool,
+}
+
+/// How a pool's entries stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub entries: Vec<EntryStatus>,
+    /// Paths in the discovery directory that are not used, and why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// One entry: its identity, where it is, its size and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryStatus {
+    pub key: String,
+    pub path: PathBuf,
+    pub size: u64,
+    /// `free`, `not adopted: …`, `busy: …`, `cleaning …`, `cleanup failed: …`, `missing …`; the pool says
+    /// `in use by volume …` for the ones it holds.
+    pub state: String,
+    /// Whether it can be given to a volume now (before the pool's holds).
+    pub free: bool,
 }
 
 /// The directory under which a kind keeps its volumes' backings.
