@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Run the upstream CSI conformance suite (csi-sanity) against a local loam.
 #
-# Usage: csi-sanity/run.sh [mount|image|xfs|block|btrfs] [extra csi-sanity args...]
+# Usage: csi-sanity/run.sh [mount|image|xfs|block|btrfs|device-mount|device-block] [extra csi-sanity args...]
 #
 # Modes: mount = filesystem volumes on a dir pool; image = filesystem volumes on
 # an image pool (ext4); xfs = the same formatted xfs; block = raw block volumes
 # on an image pool; btrfs = subvolumes on a btrfs pool (on a btrfs filesystem
-# the script makes in an image file). Each uses params-<mode>.yaml; the pools are
-# declared in pools.toml (and pools-btrfs.toml).
+# the script makes in an image file); device-mount = whole disks of a device
+# pool (loop devices the script attaches), formatted ext4 on first stage;
+# device-block = the same disks as raw block volumes. Each uses
+# params-<mode>.yaml; the pools are declared in pools.toml (and
+# pools-btrfs.toml, pools-device.toml).
 #
 # csi-sanity itself is NOT built or fetched here: install it separately from
 # kubernetes-csi/csi-test (cmd/csi-sanity) and put it on PATH.
@@ -16,7 +19,11 @@
 #   LOAM_BIN          loam binary to test (default: target/release/loam, then
 #                     target/debug/loam; built with `cargo build --release` if
 #                     neither exists)
-#   LOAM_SANITY_SIZE  --csi.testvolumesize in bytes (default 1073741824 = 1 GiB)
+#   LOAM_SANITY_SIZE  --csi.testvolumesize in bytes (default 1073741824 = 1 GiB);
+#                     in the device modes also the size of every disk (a
+#                     multiple of 512)
+#   LOAM_SANITY_DISKS device modes: how many disks (loop devices) to attach
+#                     (default 16)
 #   RUST_LOG          loam log filter (default: info)
 #   CSI_SANITY        csi-sanity command (default: csi-sanity from PATH)
 #   LOAM_SANITY_KEEP  set to 1 to keep the temp dir (data dir, loam.log)
@@ -26,7 +33,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '4,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '4,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,7 +42,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 MODE=mount
 if [[ $# -gt 0 ]]; then
     case "$1" in
-        mount | image | xfs | block | btrfs)
+        mount | image | xfs | block | btrfs | device-mount | device-block)
             MODE="$1"
             shift
             ;;
@@ -45,7 +52,7 @@ if [[ $# -gt 0 ]]; then
             ;;
         -*) ;; # no mode given: everything is passed to csi-sanity
         *)
-            echo "run.sh: unknown mode '$1' (expected mount, image, xfs, block or btrfs)" >&2
+            echo "run.sh: unknown mode '$1' (expected mount, image, xfs, block, btrfs, device-mount or device-block)" >&2
             usage
             exit 2
             ;;
@@ -54,7 +61,7 @@ fi
 
 PARAMS="$HERE/params-$MODE.yaml"
 ACCESS=mount
-[[ "$MODE" == block ]] && ACCESS=block
+[[ "$MODE" == block || "$MODE" == device-block ]] && ACCESS=block
 if [[ "$MODE" == xfs ]] && ! command -v mkfs.xfs >/dev/null 2>&1; then
     echo "run.sh: mode xfs needs mkfs.xfs (Debian package xfsprogs)" >&2
     exit 2
@@ -67,6 +74,27 @@ SIZE="${LOAM_SANITY_SIZE:-1073741824}"
 if ! [[ "$SIZE" =~ ^[0-9]+$ ]]; then
     echo "run.sh: LOAM_SANITY_SIZE must be a number of bytes, got '$SIZE'" >&2
     exit 2
+fi
+DISKS="${LOAM_SANITY_DISKS:-16}"
+if [[ "$MODE" == device-* ]]; then
+    # A loop device's size is its backing file's, rounded down to 512-byte sectors, and csi-sanity asks for
+    # exactly LOAM_SANITY_SIZE (required == limit), so a disk must be exactly that size.
+    if ((10#$SIZE == 0 || 10#$SIZE % 512 != 0)); then
+        echo "run.sh: mode $MODE needs LOAM_SANITY_SIZE to be a non-zero multiple of 512 (each disk is that size), got '$SIZE'" >&2
+        exit 2
+    fi
+    if ! [[ "$DISKS" =~ ^[0-9]+$ ]] || ((10#$DISKS < 1)); then
+        echo "run.sh: LOAM_SANITY_DISKS must be a number of disks (at least 1), got '$DISKS'" >&2
+        exit 2
+    fi
+    if ! command -v losetup >/dev/null 2>&1; then
+        echo "run.sh: mode $MODE needs losetup (Debian package mount)" >&2
+        exit 2
+    fi
+    if [[ "$MODE" == device-mount ]] && ! command -v mkfs.ext4 >/dev/null 2>&1; then
+        echo "run.sh: mode device-mount needs mkfs.ext4 (Debian package e2fsprogs)" >&2
+        exit 2
+    fi
 fi
 
 SANITY="${CSI_SANITY:-csi-sanity}"
@@ -112,6 +140,8 @@ SOCK="$W/csi.sock"
 LOG="$W/loam.log"
 LOAM_PID=""
 BTRFS_MNT=""
+# The loop devices this script attached (device modes), detached on exit.
+LOOP_DEVS=()
 
 # Lists mount points at or below $W (from this process's mount table).
 # shellcheck disable=SC2317
@@ -147,6 +177,12 @@ cleanup() {
     if [[ -n "$BTRFS_MNT" ]] && mountpoint -q "$BTRFS_MNT"; then
         umount "$BTRFS_MNT"
     fi
+    # Detach the disks of the device modes. A device still mounted or held open is only marked to detach when
+    # its last user lets go; the checks below report it.
+    local dev
+    for dev in "${LOOP_DEVS[@]}"; do
+        losetup -d "$dev" 2>/dev/null || echo "run.sh: WARNING: could not detach $dev" >&2
+    done
     local left loops
     left="$(mounts_under_w)"
     loops="$(loops_under_w)"
@@ -180,6 +216,22 @@ if [[ "$MODE" == btrfs ]]; then
     mkdir -p "$BTRFS_MNT"
     mount -o loop "$W/btrfs.img" "$BTRFS_MNT"
     sed "s|@W@|$W|g" "$HERE/pools-btrfs.toml" >>"$W/pools.toml"
+fi
+if [[ "$MODE" == device-* ]]; then
+    # Both device pools are declared; only this mode's discovery directory gets disks (the other stays empty).
+    # Each disk is a loop device on a sparse image file of exactly SIZE bytes, linked by name from the discovery
+    # directory.
+    sed "s|@W@|$W|g" "$HERE/pools-device.toml" >>"$W/pools.toml"
+    mkdir -p "$W/disks/fs" "$W/disks/block" "$W/disk-images"
+    DISK_DIR="$W/disks/fs"
+    [[ "$MODE" == device-block ]] && DISK_DIR="$W/disks/block"
+    for i in $(seq 0 $((10#$DISKS - 1))); do
+        truncate -s "$SIZE" "$W/disk-images/disk$i.img"
+        dev="$(losetup --find --show "$W/disk-images/disk$i.img")"
+        LOOP_DEVS+=("$dev")
+        ln -s "$dev" "$DISK_DIR/disk$i"
+    done
+    echo "run.sh: $DISKS disks of $SIZE bytes in $DISK_DIR: ${LOOP_DEVS[*]}" >&2
 fi
 
 echo "run.sh: mode=$MODE loam=$LOAM workdir=$W" >&2
