@@ -393,6 +393,26 @@ impl Pool {
                 e.free = false;
             }
         }
+        // Disks of volumes that have not shown since start-up.
+        let listed: std::collections::BTreeSet<String> = inv.entries.iter().map(|e| e.key.clone()).collect();
+        for e in st.volumes.values() {
+            if let Entry::Ready(r) = e
+                && let Some(d) = &r.device
+                && !listed.contains(&d.entry)
+            {
+                inv.entries.push(crate::backend::EntryStatus {
+                    key: d.entry.clone(),
+                    path: d.path.clone(),
+                    size: r.capacity_bytes,
+                    state: format!(
+                        "in use by volume {}, missing (it was at {})",
+                        r.id,
+                        d.path.display()
+                    ),
+                    free: false,
+                });
+            }
+        }
         inv
     }
 

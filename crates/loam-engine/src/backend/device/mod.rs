@@ -595,18 +595,32 @@ impl Backend for DeviceBackend {
     fn inventory(&self) -> Inventory {
         let sh = &self.shared;
         let st = sh.state();
+        let mut entries: Vec<EntryStatus> = st
+            .known
+            .values()
+            .map(|k| EntryStatus {
+                key: k.found.key.clone(),
+                path: k.found.path.clone(),
+                size: k.found.size,
+                state: sh.state_of(&st, k),
+                free: sh.is_free(&st, k),
+            })
+            .collect();
+        // Disks to be cleaned that have not shown since start-up.
+        entries.extend(
+            st.cleaning
+                .iter()
+                .filter(|(key, _)| !st.known.contains_key(*key))
+                .map(|(key, c)| EntryStatus {
+                    key: key.clone(),
+                    path: c.note.claim.path.clone(),
+                    size: 0,
+                    state: "missing; cleaned when it returns".into(),
+                    free: false,
+                }),
+        );
         Inventory {
-            entries: st
-                .known
-                .values()
-                .map(|k| EntryStatus {
-                    key: k.found.key.clone(),
-                    path: k.found.path.clone(),
-                    size: k.found.size,
-                    state: sh.state_of(&st, k),
-                    free: sh.is_free(&st, k),
-                })
-                .collect(),
+            entries,
             skipped: st.skipped.clone(),
         }
     }
