@@ -633,8 +633,30 @@ impl Backend for DeviceBackend {
         let claim = spec
             .device
             .ok_or_else(|| Error::Precondition(format!("volume {} was given no disk", spec.stem)))?;
-        // The disk is still the one chosen (a swap since the last discovery is caught here).
-        self.locate(claim).map(|_| ())
+        // The disk is still the one chosen (a swap since the last discovery is caught here), and still holds
+        // nothing that keeps it from being adopted (written to since).
+        let found = self.locate(claim)?;
+        let refused = match (&found.holds, &found.busy) {
+            (_, Some(b)) => Some(format!("is busy: {b}")),
+            (Some(h), None) if !self.shared.spec.adopt_non_empty => Some(format!("now {h}")),
+            _ => None,
+        };
+        let Some(why) = refused else {
+            return Ok(());
+        };
+        let key = found.key.clone();
+        self.shared.state().known.insert(
+            key.clone(),
+            Known {
+                found,
+                present: true,
+            },
+        );
+        warn!(pool = %self.shared.pool, disk = %key, reason = %why, "disk no longer offered");
+        Err(Error::Exhausted(format!(
+            "pool {}: disk {key} {why}; it is no longer offered, try again",
+            self.shared.pool
+        )))
     }
 
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
