@@ -1,4 +1,4 @@
-//! The command line: `loam serve` runs the driver, `loam client` talks to any CSI socket.
+//! The command line: `loam serve` runs the driver, `loam client` talks to any CSI socket, `loam bench` times one.
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -33,6 +33,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a CSI driver's RPCs from the command line.
     Client(client::ClientArgs),
+    /// Time full volume cycles against a CSI driver, optionally beside the same work done directly (the floor).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +135,15 @@ pub fn main(cli: Cli) -> ExitCode {
             rt.block_on(serve(args))
         }
         Command::Client(args) => rt.block_on(client::run(args)),
+        Command::Bench(args) => {
+            return match rt.block_on(crate::bench::main(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("loam bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -645,13 +645,10 @@ impl Backend for DeviceBackend {
             return Ok(());
         };
         let key = found.key.clone();
-        self.shared.state().known.insert(
-            key.clone(),
-            Known {
-                found,
-                present: true,
-            },
-        );
+        self.shared
+            .state()
+            .known
+            .insert(key.clone(), Known { found, present: true });
         warn!(pool = %self.shared.pool, disk = %key, reason = %why, "disk no longer offered");
         Err(Error::Exhausted(format!(
             "pool {}: disk {key} {why}; it is no longer offered, try again",
