@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "LOAM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Serve Prometheus metrics at http://<ADDRESS>/metrics, such as 0.0.0.0:9808 (default: off).
+    #[arg(long, env = "LOAM_METRICS_ADDRESS", value_name = "ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// `KEY=VALUE`; the value may be empty, the key may not.
@@ -115,7 +118,14 @@ fn init_logging(format: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
-        builder.json().init();
+        // One object per line with each key once: the event's fields at the top (`message` among them), the
+        // call's span (`rpc`, `volume.id`) under `span`.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }
@@ -213,9 +223,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
           version = env!("CARGO_PKG_VERSION"), "serving CSI");
     let engine = Arc::new(engine);
     tokio::spawn(rediscover_on_sighup(engine.clone()));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    if let Some(addr) = args.metrics_address {
+        let registry = metrics.registry(engine.clone());
+        let listener = crate::metrics::bind(addr).await?;
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, registry).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     let driver = Driver::new(engine, args.driver_name.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
+        .layer(crate::server::observe::ObserveLayer::new(metrics))
         .add_service(csi::identity_server::IdentityServer::new(driver.clone()))
         .add_service(csi::controller_server::ControllerServer::new(driver.clone()))
         .add_service(csi::node_server::NodeServer::new(driver.clone()))

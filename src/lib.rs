@@ -4,7 +4,9 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod codes;
 pub mod config;
 pub mod csi;
 pub mod endpoint;
+pub mod metrics;
 pub mod server;

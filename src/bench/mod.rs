@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 
 use self::{
     floor::{Floor, FloorKind},
@@ -140,16 +140,6 @@ impl FloorOutcome {
     }
 }
 
-fn code_name(c: Code) -> String {
-    format!("{c:?}").chars().fold(String::new(), |mut s, ch| {
-        if ch.is_uppercase() && !s.is_empty() {
-            s.push('_');
-        }
-        s.push(ch.to_ascii_uppercase());
-        s
-    })
-}
-
 struct Worker {
     ctl: ControllerClient<Channel>,
     node: NodeClient<Channel>,
@@ -179,7 +169,7 @@ impl Worker {
                 Some(r.into_inner())
             }
             Err(st) => {
-                let key = (rpc.to_owned(), code_name(st.code()));
+                let key = (rpc.to_owned(), crate::codes::code_name(st.code()).to_owned());
                 *self.out.errors.entry(key.clone()).or_default() += 1;
                 self.out
                     .examples
@@ -677,17 +667,5 @@ fn print_report(
                 .unwrap_or("");
             println!("error: {rpc} {code} x{n}: {msg}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_named_as_grpc_names_them() {
-        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(code_name(Code::Ok), "OK");
-        assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
     }
 }

@@ -255,6 +255,20 @@ impl Pool {
         self.state().reserved
     }
 
+    /// Volumes whose records could not be used.
+    pub fn quarantined(&self) -> usize {
+        self.state()
+            .volumes
+            .values()
+            .filter(|e| matches!(e, Entry::Quarantined(_)))
+            .count()
+    }
+
+    /// Bytes the pool's volumes have written (what capacity counts as taken on the filesystem).
+    pub fn used(&self) -> u64 {
+        self.measure().1
+    }
+
     /// Bytes the pool holds: its budget, or for a device pool the disks it has adopted or given out now.
     pub fn total(&self) -> u64 {
         match self.backend.entries(&[]) {
