@@ -206,6 +206,7 @@ pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     check_driver_name(&args.driver_name)?;
     if args.topology.iter().any(|(k, _)| k == TOPOLOGY_NODE_KEY) {
         bail!("--topology cannot set {TOPOLOGY_NODE_KEY}; it is always this node");
@@ -222,7 +223,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(endpoint = %args.endpoint, node.id = engine.node_id(), driver = %args.driver_name,
           version = env!("CARGO_PKG_VERSION"), "serving CSI");
     let engine = Arc::new(engine);
-    tokio::spawn(rediscover_on_sighup(engine.clone()));
+    tokio::spawn(rediscover_on_sighup(engine.clone(), hup));
     let metrics = Arc::new(crate::metrics::Metrics::default());
     if let Some(addr) = args.metrics_address {
         let registry = metrics.registry(engine.clone());
@@ -288,10 +289,10 @@ where
     }
 }
 
-/// Device pools look at their discovery directories again on each SIGHUP.
-async fn rediscover_on_sighup(engine: Arc<Engine>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+/// Device pools look at their discovery directories again on each SIGHUP. `hup` is made before anything is
+/// served, so an early SIGHUP never gets the default action (ending the process).
+async fn rediscover_on_sighup(engine: Arc<Engine>, hup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hup) = hup else {
         tracing::warn!("cannot install the SIGHUP handler; device pools rediscover on their interval only");
         return;
     };

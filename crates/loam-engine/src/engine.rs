@@ -152,15 +152,23 @@ impl Engine {
             _lock: lock,
         };
         for pool in engine.pools.values() {
-            if let Some(reason) = pool.degraded() {
+            if !pool.is_open() {
+                let reason = pool.degraded().unwrap_or_default();
                 warn!(pool = %pool.name, kind = %pool.kind(), path = %pool.root.display(), %reason,
                       "pool degraded: it offers no capacity, takes no volumes and refuses to delete its volumes");
                 continue;
             }
+            // A pool that opened loads its records even while something it needs is missing for now (a device
+            // pool's discovery directory): its volumes stay known, and their disks held.
             if let Err(e) = engine.recover(pool) {
                 // One pool that cannot be read must not stop the node.
                 pool.fail(format!("pool {}: recovery failed: {e}", pool.name));
                 warn!(pool = %pool.name, error = %e, "pool degraded: its records could not be recovered");
+                continue;
+            }
+            if let Some(reason) = pool.degraded() {
+                warn!(pool = %pool.name, kind = %pool.kind(), %reason,
+                      "pool cannot take new volumes until this is fixed; its volumes are kept");
             }
         }
         Ok(engine)
