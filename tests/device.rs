@@ -2060,3 +2060,43 @@ async fn device_discovery_directory_missing_at_start_up_keeps_the_pools_volumes(
         srv.log()
     );
 }
+
+#[tokio::test]
+async fn device_pool_with_an_unreadable_record_gives_no_disk() {
+    if !require_root("device_pool_with_an_unreadable_record_gives_no_disk") {
+        return;
+    }
+    let disks = Disks::new();
+    let _one = disks.raw("one", 16 * MIB);
+    let _two = disks.raw("two", 16 * MIB);
+    let dir = disks.discovery();
+    let mut srv = Server::start_with_config(
+        NODE,
+        |_| device_pool("torn", &dir, "volume_mode = \"block\""),
+        &[],
+    );
+    let blk = || block_cap(SNW);
+    let mut ctl = srv.controller().await;
+    let a = create_with(&mut ctl, create_in("torn", "a", 16 * MIB, vec![blk()]))
+        .await
+        .volume_id;
+    drop(ctl);
+    // The record is torn: nothing tells which disk it holds, so the other disk may be it as well as not.
+    srv.stop();
+    std::fs::write(device_record(&srv, "torn", &a), b"{\"version\":3,\"id\":").unwrap();
+    srv.start_again();
+    let mut ctl = srv.controller().await;
+    let st = expect_code(
+        ctl.create_volume(create_in("torn", "b", 16 * MIB, vec![blk()]))
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert!(st.message().contains("cannot be read"), "{}", st.message());
+    assert_eq!(capacity_for(&mut ctl, "torn", blk()).await, (0, 0));
+    // Once the operator removes the record, the disks are offered again.
+    srv.stop();
+    std::fs::remove_file(device_record(&srv, "torn", &a)).unwrap();
+    srv.start_again();
+    let mut ctl = srv.controller().await;
+    assert_eq!(capacity_for(&mut ctl, "torn", blk()).await, (32 * MIB, 16 * MIB));
+}

@@ -300,6 +300,12 @@ impl Pool {
                 maximum_volume_bytes: 0,
             };
         }
+        if self.quarantined() > 0 {
+            return CapacityReport {
+                available_bytes: 0,
+                maximum_volume_bytes: 0,
+            };
+        }
         let free = self.free_disks(entries);
         CapacityReport {
             available_bytes: free.iter().map(|o| o.size).fold(0, u64::saturating_add),
@@ -322,6 +328,15 @@ impl Pool {
         if let Some(reason) = self.degraded() {
             return Err(Error::Exhausted(format!(
                 "{reason}; it takes no new volumes until it is repaired"
+            )));
+        }
+        let unreadable = self.quarantined();
+        if unreadable > 0 {
+            // Such a record may name any of the disks: none is given until an operator repairs or removes it.
+            return Err(Error::Exhausted(format!(
+                "pool {}: {unreadable} volume record(s) cannot be read, and each may name one of its disks; no disk \
+                 is given to a new volume until they are repaired or removed (see the start-up log)",
+                self.name
             )));
         }
         let all = self.backend.entries(caps).unwrap_or_default();

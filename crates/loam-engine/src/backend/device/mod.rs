@@ -478,6 +478,7 @@ impl Shared {
                     self.spec.cleanup.name(),
                     c.done.saturating_mul(100) / c.total
                 ),
+                (_, true, _) if k.found.sort == EntrySort::Mount => "cleaning (emptying the mount)".into(),
                 (_, true, _) => format!("cleaning ({})", self.spec.cleanup.name()),
                 (_, false, false) => "missing; cleaned when it returns".into(),
                 (_, false, true) => "to be cleaned".into(),
