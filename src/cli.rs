@@ -1,4 +1,4 @@
-//! The command line: `loam serve` runs the driver, `loam client` talks to any CSI socket.
+//! The command line: `loam serve` runs the driver, `loam client` talks to any CSI socket, `loam bench` times one.
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -33,6 +33,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a CSI driver's RPCs from the command line.
     Client(client::ClientArgs),
+    /// Time full volume cycles against a CSI driver, optionally beside the same work done directly (the floor).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +71,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "LOAM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Serve Prometheus metrics at http://<ADDRESS>/metrics, such as 0.0.0.0:9808 (default: off).
+    #[arg(long, env = "LOAM_METRICS_ADDRESS", value_name = "ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// `KEY=VALUE`; the value may be empty, the key may not.
@@ -113,7 +118,14 @@ fn init_logging(format: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
-        builder.json().init();
+        // One object per line with each key once: the event's fields at the top (`message` among them), the
+        // call's span (`rpc`, `volume.id`) under `span`.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }
@@ -133,6 +145,15 @@ pub fn main(cli: Cli) -> ExitCode {
             rt.block_on(serve(args))
         }
         Command::Client(args) => rt.block_on(client::run(args)),
+        Command::Bench(args) => {
+            return match rt.block_on(crate::bench::main(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("loam bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -185,6 +206,7 @@ pub fn engine_config(args: &ServeArgs) -> anyhow::Result<EngineConfig> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     check_driver_name(&args.driver_name)?;
     if args.topology.iter().any(|(k, _)| k == TOPOLOGY_NODE_KEY) {
         bail!("--topology cannot set {TOPOLOGY_NODE_KEY}; it is always this node");
@@ -201,10 +223,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     info!(endpoint = %args.endpoint, node.id = engine.node_id(), driver = %args.driver_name,
           version = env!("CARGO_PKG_VERSION"), "serving CSI");
     let engine = Arc::new(engine);
-    tokio::spawn(rediscover_on_sighup(engine.clone()));
+    tokio::spawn(rediscover_on_sighup(engine.clone(), hup));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    if let Some(addr) = args.metrics_address {
+        let registry = metrics.registry(engine.clone());
+        let listener = crate::metrics::bind(addr).await?;
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, registry).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     let driver = Driver::new(engine, args.driver_name.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
+        .layer(crate::server::observe::ObserveLayer::new(metrics))
         .add_service(csi::identity_server::IdentityServer::new(driver.clone()))
         .add_service(csi::controller_server::ControllerServer::new(driver.clone()))
         .add_service(csi::node_server::NodeServer::new(driver.clone()))
@@ -256,10 +289,10 @@ where
     }
 }
 
-/// Device pools look at their discovery directories again on each SIGHUP.
-async fn rediscover_on_sighup(engine: Arc<Engine>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+/// Device pools look at their discovery directories again on each SIGHUP. `hup` is made before anything is
+/// served, so an early SIGHUP never gets the default action (ending the process).
+async fn rediscover_on_sighup(engine: Arc<Engine>, hup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hup) = hup else {
         tracing::warn!("cannot install the SIGHUP handler; device pools rediscover on their interval only");
         return;
     };

@@ -9,6 +9,8 @@ use std::{collections::BTreeMap, collections::HashMap, future::Future, time::Dur
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
+
+use crate::codes::code_name;
 use serde_json::{Value, json};
 use tonic::{Code, Status, transport::Channel};
 
@@ -345,29 +347,6 @@ fn rpc_error(rpc: &str, status: &Status) -> anyhow::Error {
     match status.message() {
         "" => anyhow!("{rpc} failed: {}", code_name(status.code())),
         msg => anyhow!("{rpc} failed: {}: {msg}", code_name(status.code())),
-    }
-}
-
-/// gRPC status codes as the CSI spec and `grpcurl` write them.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

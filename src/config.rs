@@ -5,10 +5,16 @@
 //! default_pool = "nvme"
 //! [[pools]]
 //! name = "nvme"
-//! kind = "image"            # dir | image | btrfs
+//! kind = "image"            # dir | image | btrfs | device
 //! path = "/mnt/nvme0/loam"
 //! capacity = "800Gi"        # optional; default: the size of the filesystem holding the pool
 //! allocation = "thick"      # image pools: thick (default) or thin
+//!
+//! [[pools]]
+//! name = "ssd"
+//! kind = "device"           # whole disks: mount points and /dev links in a discovery directory
+//! path = "/mnt/disks/ssd"
+//! fs_type = "ext4"          # formats linked block devices for filesystem volumes
 //!
 //! [[nodes]]                  # nodes listed here use these pools instead
 //! names = ["db-7"]

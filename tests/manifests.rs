@@ -6,10 +6,16 @@
 //! loam and all three sidecars use the same socket file and kubelet is told its host path, that names and
 //! ports agree, and that the provisioner runs per node with capacity tracking and the RBAC it needs.
 //!
+//! The commented-out examples are checked too: the ConfigMap's pools uncommented must parse, and the manifests
+//! in `deploy/kubernetes` with their commented objects uncommented (the device pools' StorageClasses) are run
+//! through the same script and must be valid, name pools the uncommented config declares, and reach the
+//! disks of those pools through the DaemonSet's mounts.
+//!
 //! Without python3, PyYAML or kubernetes-validate the tests print `SKIP` and pass, unless `LOAM_STRICT=1`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    path::Path,
     process::Command,
     sync::OnceLock,
 };
@@ -19,6 +25,7 @@ use loam::{
     cli::{Cli, Command as LoamCommand, ServeArgs},
     config::FileConfig,
 };
+use loam_engine::spec::{PoolSpec, VolumeMode};
 use serde_json::Value;
 
 /// The node name `$(NODE_NAME)` stands for.
@@ -44,13 +51,40 @@ fn report() -> Option<&'static Value> {
     REPORT.get_or_init(run_check).as_ref()
 }
 
+/// The script's report on the manifests with their commented-out objects uncommented (see [`uncomment_yaml`]),
+/// or `None` when it cannot run here (skipped).
+fn example_report() -> Option<&'static Value> {
+    static REPORT: OnceLock<Option<Value>> = OnceLock::new();
+    REPORT
+        .get_or_init(|| {
+            let root = env!("CARGO_MANIFEST_DIR");
+            let tree = tempfile::tempdir().unwrap();
+            for dir in ["deploy/kubernetes", "deploy/examples"] {
+                std::fs::create_dir_all(tree.path().join(dir)).unwrap();
+                for entry in std::fs::read_dir(Path::new(root).join(dir)).unwrap() {
+                    let entry = entry.unwrap();
+                    let text = std::fs::read_to_string(entry.path()).unwrap();
+                    let text = if dir == "deploy/kubernetes" {
+                        uncomment_yaml(&text)
+                    } else {
+                        text
+                    };
+                    std::fs::write(tree.path().join(dir).join(entry.file_name()), text).unwrap();
+                }
+            }
+            run_check_at(tree.path())
+        })
+        .as_ref()
+}
+
 fn run_check() -> Option<Value> {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = match Command::new("python3")
-        .arg(format!("{root}/tests/manifests_check.py"))
-        .arg(root)
-        .output()
-    {
+    run_check_at(Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Runs `tests/manifests_check.py` on the manifests under `root` (`deploy/kubernetes`, `deploy/examples`).
+fn run_check_at(root: &Path) -> Option<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests_check.py");
+    let out = match Command::new("python3").arg(script).arg(root).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return skip("python3 is not installed"),
         Err(e) => panic!("running python3: {e}"),
@@ -254,6 +288,36 @@ fn config_text(r: &Value, examples: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A manifest with its commented-out objects uncommented. A commented object starts at a `# ---` line at column 0
+/// and goes on over the `# ` lines that follow with an indented line or a `key:` whose key is letters and
+/// digits; the first other line ends it.
+fn uncomment_yaml(text: &str) -> String {
+    let is_key = |code: &str| {
+        code.split_once(':').is_some_and(|(k, rest)| {
+            k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && k.chars().all(|c| c.is_ascii_alphanumeric())
+                && (rest.is_empty() || rest.starts_with(' '))
+        })
+    };
+    let mut inside = false;
+    let mut out: Vec<&str> = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some("---") => {
+                inside = true;
+                "---"
+            }
+            Some(code) if inside && (code.starts_with(' ') || is_key(code)) => code,
+            _ => {
+                inside = false;
+                l
+            }
+        })
+        .collect();
+    out.push("");
+    out.join("\n")
 }
 
 fn load_config(text: &str) -> FileConfig {
@@ -533,13 +597,151 @@ fn driver_names_agree() {
         .collect();
     claims.extend(templates);
     assert!(!claims.is_empty());
+    // Or defines among its commented-out examples, such as the device pools' classes.
+    let commented = example_report().map(|x| x["driver_names"]["storageclasses"].clone());
     for c in claims {
         let sc = s(c, "/spec/storageClassName");
         assert!(
-            classes.contains_key(sc),
-            "examples use StorageClass {sc}, which deploy/kubernetes defines"
+            classes.contains_key(sc) || commented.as_ref().is_some_and(|x| x.get(sc).is_some()),
+            "examples use StorageClass {sc}, which deploy/kubernetes defines (or its commented examples do)"
         );
     }
+}
+
+#[test]
+fn commented_manifests_are_valid_kubernetes_objects() {
+    let (Some(r), Some(x)) = (report(), example_report()) else {
+        return;
+    };
+    let errors: Vec<&str> = x["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "deploy/kubernetes with its examples uncommented is invalid:\n{}",
+        errors.join("\n")
+    );
+    let name = serve_args(r).driver_name;
+    let examples = config_text(r, true);
+    let config = load_config(&examples)
+        .for_node(NODE)
+        .unwrap_or_else(|e| panic!("uncommented config for {NODE}: {e:#}"));
+    let new_classes: Vec<&Value> = objects_of(x, "objects", "StorageClass")
+        .into_iter()
+        .filter(|sc| {
+            r["objects"]
+                .get(format!("StorageClass/{}", s(sc, "/metadata/name")))
+                .is_none()
+        })
+        .collect();
+    assert!(
+        !new_classes.is_empty(),
+        "storageclass.yaml has commented StorageClasses for the commented pools"
+    );
+    for sc in new_classes {
+        let class = s(sc, "/metadata/name");
+        assert_eq!(
+            sc["provisioner"],
+            name.as_str(),
+            "StorageClass {class} provisioner"
+        );
+        assert_eq!(
+            sc["volumeBindingMode"], "WaitForFirstConsumer",
+            "StorageClass {class}"
+        );
+        for k in sc["parameters"].as_object().into_iter().flatten().map(|(k, _)| k) {
+            assert!(
+                loam_engine::engine::KNOWN_PARAMETERS.contains(&k.as_str())
+                    || k.starts_with("csi.storage.k8s.io/"),
+                "StorageClass {class}: loam refuses parameter {k}"
+            );
+        }
+        let pool = s(sc, "/parameters/pool");
+        assert!(
+            config.pools.iter().any(|p| p.name() == pool),
+            "StorageClass {class}: pool {pool} is among the ConfigMap's uncommented pools"
+        );
+    }
+}
+
+#[test]
+fn device_pools_reach_their_disks() {
+    let (Some(r), Some(x)) = (report(), example_report()) else {
+        return;
+    };
+    let config = load_config(&config_text(r, true));
+    let devices: Vec<&PoolSpec> = config
+        .pools
+        .iter()
+        .chain(config.nodes.iter().flat_map(|n| &n.pools))
+        .filter(|p| matches!(p, PoolSpec::Device(_)))
+        .collect();
+    for mode in [VolumeMode::Filesystem, VolumeMode::Block] {
+        assert!(
+            devices
+                .iter()
+                .any(|p| matches!(p, PoolSpec::Device(d) if d.volume_mode == mode)),
+            "the ConfigMap has a commented device pool with volume_mode {mode:?}"
+        );
+    }
+    for p in &devices {
+        // The discovery directory at the same path as on the host, with the disks mounted there later, and
+        // writable: a mounted disk is emptied when its volume is deleted.
+        let dir = p.path().to_str().unwrap();
+        assert_eq!(
+            host_path(r, LOAM, dir),
+            dir,
+            "pool {}: {dir} is the host's",
+            p.name()
+        );
+        let (vol, _) = resolve(r, LOAM, dir);
+        let m = container(r, LOAM)["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["volume"] == vol)
+            .unwrap();
+        assert!(
+            matches!(
+                m["propagation"].as_str(),
+                Some("HostToContainer" | "Bidirectional")
+            ),
+            "pool {}: disks mounted under {dir} after loam starts must reach the container ({m})",
+            p.name()
+        );
+        assert_eq!(m["read_only"], false, "pool {}: {dir} is writable", p.name());
+    }
+    // Device nodes and by-id links, and udev's serials, as the host has them.
+    assert_eq!(host_path(r, LOAM, "/dev/disk/by-id"), "/dev/disk/by-id");
+    assert_eq!(host_path(r, LOAM, "/run/udev/data"), "/run/udev/data");
+
+    // A claim of a device pool's class asks for the volume mode that pool serves.
+    let pools: BTreeMap<&str, &PoolSpec> = devices.iter().map(|p| (p.name(), *p)).collect();
+    let class_pool: BTreeMap<&str, &str> = objects_of(x, "objects", "StorageClass")
+        .into_iter()
+        .filter_map(|sc| Some((s(sc, "/metadata/name"), sc.pointer("/parameters/pool")?.as_str()?)))
+        .collect();
+    let mut device_claims = 0;
+    for c in objects_of(r, "examples", "PersistentVolumeClaim") {
+        let class = s(c, "/spec/storageClassName");
+        let Some(PoolSpec::Device(d)) = class_pool.get(class).and_then(|p| pools.get(p)) else {
+            continue;
+        };
+        device_claims += 1;
+        let block = c.pointer("/spec/volumeMode").and_then(Value::as_str) == Some("Block");
+        assert_eq!(
+            block,
+            d.volume_mode == VolumeMode::Block,
+            "{}: class {class}'s pool {} serves volume_mode {:?}",
+            s(c, "/metadata/name"),
+            d.name,
+            d.volume_mode
+        );
+    }
+    assert!(device_claims > 0, "deploy/examples has a claim on a device pool");
 }
 
 #[test]

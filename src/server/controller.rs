@@ -2,7 +2,6 @@
 
 use loam_engine::types::CreateRequest;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use super::{Driver, convert};
 use crate::csi::{
@@ -12,11 +11,11 @@ use crate::csi::{
 
 #[tonic::async_trait]
 impl Controller for Driver {
-    #[instrument(skip_all, fields(volume.name = %req.get_ref().name))]
     async fn create_volume(
         &self,
         req: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        super::observe::volume_name(&req.get_ref().name);
         let r = req.into_inner();
         convert::required(&r.name, "name")?;
         let capabilities = convert::capabilities(&r.volume_capabilities)?;
@@ -54,26 +53,27 @@ impl Controller for Driver {
             preferred,
         };
         let vol = self.run(move |e| e.create_volume(&creq)).await?;
+        super::observe::volume_id(&vol.id);
         Ok(Response::new(csi::CreateVolumeResponse {
             volume: Some(convert::volume(&vol)),
         }))
     }
 
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id))]
     async fn delete_volume(
         &self,
         req: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let id = convert::required(&req.get_ref().volume_id, "volume_id")?.to_owned();
         self.run(move |e| e.delete_volume(&id)).await?;
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id))]
     async fn validate_volume_capabilities(
         &self,
         req: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let r = req.into_inner();
         let id = convert::required(&r.volume_id, "volume_id")?.to_owned();
         let caps = convert::capabilities(&r.volume_capabilities)?;
@@ -98,7 +98,6 @@ impl Controller for Driver {
         }))
     }
 
-    #[instrument(skip_all)]
     async fn list_volumes(
         &self,
         req: Request<csi::ListVolumesRequest>,
@@ -127,7 +126,6 @@ impl Controller for Driver {
         }))
     }
 
-    #[instrument(skip_all)]
     async fn get_capacity(
         &self,
         req: Request<csi::GetCapacityRequest>,
@@ -172,11 +170,11 @@ impl Controller for Driver {
         }))
     }
 
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id))]
     async fn controller_get_volume(
         &self,
         req: Request<csi::ControllerGetVolumeRequest>,
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let id = convert::required(&req.get_ref().volume_id, "volume_id")?.to_owned();
         let v = self.run(move |e| e.get_volume(&id)).await?;
         Ok(Response::new(csi::ControllerGetVolumeResponse {

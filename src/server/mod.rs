@@ -13,6 +13,7 @@ pub mod controller;
 pub mod convert;
 pub mod identity;
 pub mod node;
+pub mod observe;
 pub mod status;
 
 #[derive(Debug, Clone)]
@@ -55,21 +56,21 @@ impl Driver {
         F: FnOnce(&Engine) -> loam_engine::Result<T> + Send + 'static,
     {
         let engine = self.engine.clone();
+        // The engine's own log lines belong to the call's span.
+        let span = tracing::Span::current();
         self.inflight.fetch_add(1, Ordering::SeqCst);
         // Moved into the task, so the count drops when the engine call ends even if the RPC was cancelled.
         let counted = InFlight(self.inflight.clone());
         match tokio::task::spawn_blocking(move || {
             let _counted = counted;
+            let _span = span.enter();
             f(&engine)
         })
         .await
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let st = status::to_status(&e);
-                tracing::warn!(code = ?st.code(), message = st.message(), "request failed");
-                Err(st)
-            }
+            // The call's one log line (observe) gives the code and the message.
+            Ok(Err(e)) => Err(status::to_status(&e)),
             Err(join) => Err(Status::internal(format!("engine task failed: {join}"))),
         }
     }

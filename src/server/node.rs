@@ -2,18 +2,17 @@
 
 use loam_engine::types::{PublishRequest, StageRequest};
 use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use super::{Driver, convert};
 use crate::csi::{self, node_server::Node, node_service_capability, volume_usage};
 
 #[tonic::async_trait]
 impl Node for Driver {
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id, staging.path = %req.get_ref().staging_target_path))]
     async fn node_stage_volume(
         &self,
         req: Request<csi::NodeStageVolumeRequest>,
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let r = req.into_inner();
         let volume_id = convert::required(&r.volume_id, "volume_id")?.to_owned();
         let staging_path = convert::path(&r.staging_target_path, "staging_target_path")?;
@@ -27,11 +26,11 @@ impl Node for Driver {
         Ok(Response::new(csi::NodeStageVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id, staging.path = %req.get_ref().staging_target_path))]
     async fn node_unstage_volume(
         &self,
         req: Request<csi::NodeUnstageVolumeRequest>,
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let r = req.into_inner();
         let id = convert::required(&r.volume_id, "volume_id")?.to_owned();
         let staging = convert::path(&r.staging_target_path, "staging_target_path")?;
@@ -39,11 +38,11 @@ impl Node for Driver {
         Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id, target.path = %req.get_ref().target_path))]
     async fn node_publish_volume(
         &self,
         req: Request<csi::NodePublishVolumeRequest>,
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let r = req.into_inner();
         let volume_id = convert::required(&r.volume_id, "volume_id")?.to_owned();
         let target_path = convert::path(&r.target_path, "target_path")?;
@@ -65,11 +64,11 @@ impl Node for Driver {
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id, target.path = %req.get_ref().target_path))]
     async fn node_unpublish_volume(
         &self,
         req: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let r = req.into_inner();
         let id = convert::required(&r.volume_id, "volume_id")?.to_owned();
         let target = convert::path(&r.target_path, "target_path")?;
@@ -77,11 +76,11 @@ impl Node for Driver {
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 
-    #[instrument(skip_all, fields(volume.id = %req.get_ref().volume_id, volume.path = %req.get_ref().volume_path))]
     async fn node_get_volume_stats(
         &self,
         req: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        super::observe::volume_id(&req.get_ref().volume_id);
         let r = req.into_inner();
         let id = convert::required(&r.volume_id, "volume_id")?.to_owned();
         // Only compared with mount points, never opened: a path that is not one is NOT_FOUND, as CSI asks.

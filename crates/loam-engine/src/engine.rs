@@ -60,6 +60,12 @@ pub struct PoolStatus {
     pub reserved_bytes: u64,
     pub available_bytes: u64,
     pub size_enforced: bool,
+    /// Bytes its volumes have written.
+    pub used_bytes: u64,
+    /// Volumes whose records could not be used.
+    pub quarantined: usize,
+    /// Loop devices attached to its image files.
+    pub loop_devices: usize,
     pub degraded: Option<String>,
     /// A device pool's disks, and the discovery entries it skips.
     pub inventory: Inventory,
@@ -79,6 +85,8 @@ pub struct Engine {
     locks: LockTable,
     pub(crate) notes: Notes,
     pub(crate) host: Arc<dyn Host>,
+    /// What start-up reconciliation repaired: interrupted operations finished, stale mount notes dropped.
+    repairs: std::sync::atomic::AtomicU64,
     _lock: LockFile,
 }
 
@@ -120,9 +128,10 @@ impl Engine {
             pools.insert(pool.name.clone(), Arc::new(pool));
         }
         let notes = Notes::open(cfg.state_dir.join("mounts"))?;
+        let mut pruned = 0;
         match cfg.host.mount_table() {
             Ok(table) => {
-                let pruned = notes.prune(&table)?;
+                pruned = notes.prune(&table)?;
                 if pruned > 0 {
                     info!(pruned, "dropped notes of mounts that are gone");
                 }
@@ -139,18 +148,27 @@ impl Engine {
             locks: LockTable::default(),
             notes,
             host: cfg.host,
+            repairs: std::sync::atomic::AtomicU64::new(pruned as u64),
             _lock: lock,
         };
         for pool in engine.pools.values() {
-            if let Some(reason) = pool.degraded() {
+            if !pool.is_open() {
+                let reason = pool.degraded().unwrap_or_default();
                 warn!(pool = %pool.name, kind = %pool.kind(), path = %pool.root.display(), %reason,
                       "pool degraded: it offers no capacity, takes no volumes and refuses to delete its volumes");
                 continue;
             }
+            // A pool that opened loads its records even while something it needs is missing for now (a device
+            // pool's discovery directory): its volumes stay known, and their disks held.
             if let Err(e) = engine.recover(pool) {
                 // One pool that cannot be read must not stop the node.
                 pool.fail(format!("pool {}: recovery failed: {e}", pool.name));
                 warn!(pool = %pool.name, error = %e, "pool degraded: its records could not be recovered");
+                continue;
+            }
+            if let Some(reason) = pool.degraded() {
+                warn!(pool = %pool.name, kind = %pool.kind(), %reason,
+                      "pool cannot take new volumes until this is fixed; its volumes are kept");
             }
         }
         Ok(engine)
@@ -195,6 +213,9 @@ impl Engine {
                         _ => pool.backend.destroy(&backing),
                     }
                     .and_then(|()| pool.store.remove(&vid));
+                    if removed.is_ok() {
+                        self.repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if let Err(e) = removed {
                         // Held back, not fatal: one volume that cannot be cleaned up must not stop the node.
                         warn!(volume.id = %rec.id, error = %e, "cannot finish removing the volume; quarantined");
@@ -227,6 +248,11 @@ impl Engine {
         Ok(())
     }
 
+    /// How many repairs start-up reconciliation made.
+    pub fn repairs(&self) -> u64 {
+        self.repairs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Looks at every device pool's discovery directory again now (SIGHUP).
     pub fn rediscover(&self) {
         for pool in self.pools.values() {
@@ -246,6 +272,15 @@ impl Engine {
                 reserved_bytes: p.reserved(),
                 available_bytes: p.offer(&[]).available_bytes,
                 size_enforced: p.backend.enforces_size(),
+                used_bytes: p.used(),
+                quarantined: p.quarantined(),
+                loop_devices: match p.kind() {
+                    crate::spec::PoolKind::Image => self
+                        .host
+                        .loop_count_under(&crate::backend::volumes_dir(&p.root))
+                        .unwrap_or(0),
+                    _ => 0,
+                },
                 degraded: p.degraded(),
                 inventory: p.inventory(),
             })
@@ -564,7 +599,7 @@ impl Engine {
             return Err(e);
         }
         pool.insert_reserved(rec.clone());
-        info!(volume.id = %rec.id, volume.name = %rec.name, pool = %pool.name, bytes = size, "volume created");
+        tracing::debug!(volume.id = %rec.id, volume.name = %rec.name, pool = %pool.name, bytes = size, "volume created");
         Ok(self.to_volume(&pool, &rec))
     }
 
@@ -597,7 +632,7 @@ impl Engine {
         pool.backend.destroy(&rec.backing(&vid.file_stem()))?;
         pool.store.remove(&vid)?;
         pool.remove(id);
-        info!(volume.id = %id, pool = %pool.name, bytes = rec.capacity_bytes, "volume deleted");
+        tracing::debug!(volume.id = %id, pool = %pool.name, bytes = rec.capacity_bytes, "volume deleted");
         Ok(())
     }
 

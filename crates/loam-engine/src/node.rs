@@ -241,7 +241,7 @@ impl Engine {
             capability: req.capability.clone(),
             read_only,
         });
-        info!(volume.id = %id, staging.path = %staging.display(), read_only, "volume staged");
+        tracing::debug!(volume.id = %id, staging.path = %staging.display(), read_only, "volume staged");
         Ok(())
     }
 
@@ -439,7 +439,7 @@ impl Engine {
         }
         self.detach_if_unused(&pool, &rec, &stem, &att);
         self.notes.remove(staging);
-        info!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
+        tracing::debug!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
         Ok(())
     }
 
@@ -635,7 +635,7 @@ impl Engine {
             capability: req.capability.clone(),
             read_only,
         });
-        info!(volume.id = %id, target.path = %target.display(), read_only, block, "volume published");
+        tracing::debug!(volume.id = %id, target.path = %target.display(), read_only, block, "volume published");
         Ok(())
     }
 
@@ -665,7 +665,7 @@ impl Engine {
         }
         remove_target(target)?;
         self.notes.remove(target);
-        info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
+        tracing::debug!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
         Ok(())
     }
 

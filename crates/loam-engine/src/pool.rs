@@ -255,6 +255,20 @@ impl Pool {
         self.state().reserved
     }
 
+    /// Volumes whose records could not be used.
+    pub fn quarantined(&self) -> usize {
+        self.state()
+            .volumes
+            .values()
+            .filter(|e| matches!(e, Entry::Quarantined(_)))
+            .count()
+    }
+
+    /// Bytes the pool's volumes have written (what capacity counts as taken on the filesystem).
+    pub fn used(&self) -> u64 {
+        self.measure().1
+    }
+
     /// Bytes the pool holds: its budget, or for a device pool the disks it has adopted or given out now.
     pub fn total(&self) -> u64 {
         match self.backend.entries(&[]) {
@@ -286,6 +300,12 @@ impl Pool {
                 maximum_volume_bytes: 0,
             };
         }
+        if self.quarantined() > 0 {
+            return CapacityReport {
+                available_bytes: 0,
+                maximum_volume_bytes: 0,
+            };
+        }
         let free = self.free_disks(entries);
         CapacityReport {
             available_bytes: free.iter().map(|o| o.size).fold(0, u64::saturating_add),
@@ -308,6 +328,15 @@ impl Pool {
         if let Some(reason) = self.degraded() {
             return Err(Error::Exhausted(format!(
                 "{reason}; it takes no new volumes until it is repaired"
+            )));
+        }
+        let unreadable = self.quarantined();
+        if unreadable > 0 {
+            // Such a record may name any of the disks: none is given until an operator repairs or removes it.
+            return Err(Error::Exhausted(format!(
+                "pool {}: {unreadable} volume record(s) cannot be read, and each may name one of its disks; no disk \
+                 is given to a new volume until they are repaired or removed (see the start-up log)",
+                self.name
             )));
         }
         let all = self.backend.entries(caps).unwrap_or_default();
@@ -391,6 +420,26 @@ impl Pool {
             } else if st.disks.contains(&e.key) {
                 e.state = "being given to a new volume".into();
                 e.free = false;
+            }
+        }
+        // Disks of volumes that have not shown since start-up.
+        let listed: std::collections::BTreeSet<String> = inv.entries.iter().map(|e| e.key.clone()).collect();
+        for e in st.volumes.values() {
+            if let Entry::Ready(r) = e
+                && let Some(d) = &r.device
+                && !listed.contains(&d.entry)
+            {
+                inv.entries.push(crate::backend::EntryStatus {
+                    key: d.entry.clone(),
+                    path: d.path.clone(),
+                    size: r.capacity_bytes,
+                    state: format!(
+                        "in use by volume {}, missing (it was at {})",
+                        r.id,
+                        d.path.display()
+                    ),
+                    free: false,
+                });
             }
         }
         inv

@@ -530,6 +530,9 @@ mod tests {
             "[[pools]]\nname='a'\nkind='btrfs'\npath='/x'\nquota='some'",
             "[[pools]]\nname='a'\nkind='btrfs'\npath='/x'\nallocation='thin'",
             "[[pools]]\nname='a'\nkind='dir'\npath='/x'\nquota='maybe'",
+            "[[pools]]\nname='a'\nkind='device'\npath='/x'\ncleanup='shred'",
+            "[[pools]]\nname='a'\nkind='device'\npath='/x'\nvolume_mode='both'",
+            "[[pools]]\nname='a'\nkind='device'\npath='/x'\ncapacity='1Gi'",
         ] {
             assert!(toml::from_str::<File>(bad).is_err(), "{bad}");
         }
@@ -561,6 +564,46 @@ mod tests {
         assert!(
             matches!(&f.pools[0], PoolSpec::Dir(d) if d.quota == DirQuota::Required && d.inode_limit == Some(5))
         );
+        for (bad, says) in [
+            ("pattern=''", "pattern"),
+            ("pattern='ssd/*'", "without '/'"),
+            ("discovery_interval_seconds=0", "at least 1"),
+            ("volume_mode='block'\nfs_type='ext4'", "never formats"),
+            ("fs_type='zfs'", "ext4 or xfs"),
+        ] {
+            let f: File =
+                toml::from_str(&format!("[[pools]]\nname='a'\nkind='device'\npath='/x'\n{bad}")).unwrap();
+            let e = f.pools[0].check().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn device_pools_parse_with_their_defaults() {
+        let f: File = toml::from_str("[[pools]]\nname='ssd'\nkind='device'\npath='/mnt/disks/ssd'").unwrap();
+        assert_eq!(f.pools[0], PoolSpec::device("ssd", "/mnt/disks/ssd"));
+        assert_eq!(f.pools[0].kind(), PoolKind::Device);
+        assert_eq!(f.pools[0].capacity(), None);
+        assert_eq!(f.pools[0].default_fs_type(), None);
+        let f: File = toml::from_str(
+            "[[pools]]\nname='raw'\nkind='device'\npath='/d'\npattern='nvme*'\nvolume_mode='block'\n\
+             cleanup='zero-header'\nadopt_non_empty=true\ndiscovery_interval_seconds=5",
+        )
+        .unwrap();
+        let PoolSpec::Device(d) = &f.pools[0] else {
+            panic!("not a device pool: {:?}", f.pools[0]);
+        };
+        assert_eq!(
+            (
+                d.volume_mode,
+                d.cleanup,
+                d.adopt_non_empty,
+                d.discovery_interval_seconds
+            ),
+            (VolumeMode::Block, Cleanup::ZeroHeader, true, Some(5))
+        );
+        assert_eq!(d.pattern, "nvme*");
+        assert!(f.pools[0].check().is_ok());
     }
 
     #[test]

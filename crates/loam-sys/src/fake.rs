@@ -493,6 +493,12 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn loop_count_under(&self, dir: &Path) -> io::Result<usize> {
+        let mut st = self.state();
+        self.enter(&mut st, "loop_count_under", dir.display().to_string())?;
+        Ok(st.loops.values().filter(|l| l.backing.starts_with(dir)).count())
+    }
+
     fn device_size(&self, device: &Path) -> io::Result<u64> {
         let mut st = self.state();
         self.enter(&mut st, "device_size", device.display().to_string())?;

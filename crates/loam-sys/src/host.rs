@@ -42,6 +42,8 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn loop_find(&self, file: &Path) -> io::Result<Vec<LoopDevice>>;
     /// Detaches a loop device; one that is not attached counts as detached.
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()>;
+    /// How many loop devices are bound to files under `dir`.
+    fn loop_count_under(&self, dir: &Path) -> io::Result<usize>;
     /// Size of a block device in bytes.
     fn device_size(&self, device: &Path) -> io::Result<u64>;
     /// The filesystem or partition-table signature on `device`, if any.
@@ -140,6 +142,10 @@ impl Host for RealHost {
 
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()> {
         crate::loopdev::detach(dev)
+    }
+
+    fn loop_count_under(&self, dir: &Path) -> io::Result<usize> {
+        crate::loopdev::count_under(dir)
     }
 
     fn device_size(&self, device: &Path) -> io::Result<u64> {

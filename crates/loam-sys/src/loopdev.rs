@@ -342,19 +342,8 @@ pub fn find(file: &Path) -> io::Result<Vec<LoopDevice>> {
         Err(e) => return Err(crate::context(e, format!("stat of {}", canonical.display()))),
     };
 
-    let sys_block = Path::new("/sys/block");
-    let entries = fs::read_dir(sys_block).map_err(|e| crate::context(e, "listing /sys/block"))?;
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| crate::context(e, "listing /sys/block"))?;
-        let Some(number) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.strip_prefix("loop"))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for number in loop_numbers()? {
         if !backed_by_path(number, &canonical)? {
             continue;
         }
@@ -364,6 +353,38 @@ pub fn find(file: &Path) -> io::Result<Vec<LoopDevice>> {
     }
     found.sort_by_key(|d| d.number);
     Ok(found)
+}
+
+/// The numbers of the loop devices in `/sys/block`.
+fn loop_numbers() -> io::Result<Vec<u32>> {
+    let entries = fs::read_dir("/sys/block").map_err(|e| crate::context(e, "listing /sys/block"))?;
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| crate::context(e, "listing /sys/block"))?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.strip_prefix("loop"))
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            numbers.push(n);
+        }
+    }
+    Ok(numbers)
+}
+
+/// How many loop devices are bound to files under directory `dir` now, by the paths sysfs shows (a deleted
+/// backing file still counts: its device is still attached).
+pub fn count_under(dir: &Path) -> io::Result<usize> {
+    let prefix = dir.as_os_str().as_bytes();
+    let mut n = 0;
+    for number in loop_numbers()? {
+        if backing_file(number)?.is_some_and(|f| f.starts_with(prefix) && f.get(prefix.len()) == Some(&b'/'))
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Whether sysfs names `path` as the backing file of loop device `number`.

@@ -478,6 +478,7 @@ impl Shared {
                     self.spec.cleanup.name(),
                     c.done.saturating_mul(100) / c.total
                 ),
+                (_, true, _) if k.found.sort == EntrySort::Mount => "cleaning (emptying the mount)".into(),
                 (_, true, _) => format!("cleaning ({})", self.spec.cleanup.name()),
                 (_, false, false) => "missing; cleaned when it returns".into(),
                 (_, false, true) => "to be cleaned".into(),
@@ -595,18 +596,32 @@ impl Backend for DeviceBackend {
     fn inventory(&self) -> Inventory {
         let sh = &self.shared;
         let st = sh.state();
+        let mut entries: Vec<EntryStatus> = st
+            .known
+            .values()
+            .map(|k| EntryStatus {
+                key: k.found.key.clone(),
+                path: k.found.path.clone(),
+                size: k.found.size,
+                state: sh.state_of(&st, k),
+                free: sh.is_free(&st, k),
+            })
+            .collect();
+        // Disks to be cleaned that have not shown since start-up.
+        entries.extend(
+            st.cleaning
+                .iter()
+                .filter(|(key, _)| !st.known.contains_key(*key))
+                .map(|(key, c)| EntryStatus {
+                    key: key.clone(),
+                    path: c.note.claim.path.clone(),
+                    size: 0,
+                    state: "missing; cleaned when it returns".into(),
+                    free: false,
+                }),
+        );
         Inventory {
-            entries: st
-                .known
-                .values()
-                .map(|k| EntryStatus {
-                    key: k.found.key.clone(),
-                    path: k.found.path.clone(),
-                    size: k.found.size,
-                    state: sh.state_of(&st, k),
-                    free: sh.is_free(&st, k),
-                })
-                .collect(),
+            entries,
             skipped: st.skipped.clone(),
         }
     }
@@ -619,8 +634,27 @@ impl Backend for DeviceBackend {
         let claim = spec
             .device
             .ok_or_else(|| Error::Precondition(format!("volume {} was given no disk", spec.stem)))?;
-        // The disk is still the one chosen (a swap since the last discovery is caught here).
-        self.locate(claim).map(|_| ())
+        // The disk is still the one chosen (a swap since the last discovery is caught here), and still holds
+        // nothing that keeps it from being adopted (written to since).
+        let found = self.locate(claim)?;
+        let refused = match (&found.holds, &found.busy) {
+            (_, Some(b)) => Some(format!("is busy: {b}")),
+            (Some(h), None) if !self.shared.spec.adopt_non_empty => Some(format!("now {h}")),
+            _ => None,
+        };
+        let Some(why) = refused else {
+            return Ok(());
+        };
+        let key = found.key.clone();
+        self.shared
+            .state()
+            .known
+            .insert(key.clone(), Known { found, present: true });
+        warn!(pool = %self.shared.pool, disk = %key, reason = %why, "disk no longer offered");
+        Err(Error::Exhausted(format!(
+            "pool {}: disk {key} {why}; it is no longer offered, try again",
+            self.shared.pool
+        )))
     }
 
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
