@@ -197,6 +197,27 @@ impl Engine {
         for rec in loaded.records {
             let vid = rec.volume_id()?;
             match rec.state {
+                VolumeState::Ready if pool.backend.interrupted_delete(&rec.backing(&vid.file_stem())) => {
+                    info!(volume.id = %rec.id, "finishing an interrupted delete");
+                    let stem = vid.file_stem();
+                    let finished = pool
+                        .backend
+                        .destroy(&rec.backing(&stem))
+                        .and_then(|()| pool.store.remove(&vid));
+                    match finished {
+                        Ok(()) => {
+                            self.repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            warn!(volume.id = %rec.id, error = %e, "cannot finish deleting the volume; quarantined");
+                            known.insert(stem);
+                            pool.quarantine(
+                                rec.id.clone(),
+                                format!("an interrupted delete could not be finished: {e}"),
+                            );
+                        }
+                    }
+                }
                 VolumeState::Ready => {
                     if let Some(problem) = pool.backend.check(&rec.backing(&vid.file_stem())) {
                         warn!(volume.id = %rec.id, pool = %pool.name, %problem, "volume is abnormal");
@@ -228,10 +249,8 @@ impl Engine {
                 }
             }
         }
-        for stem in pool.backend.backings()? {
-            if !known.contains(&stem) {
-                warn!(pool = %pool.name, backing = %stem, "backing has no record; left in place for an operator");
-            }
+        for stem in pool.backend.reclaim(&known)? {
+            warn!(pool = %pool.name, backing = %stem, "backing has no record; left in place for an operator");
         }
         let sizes = if pool.backend.enforces_size() {
             "sizes enforced"
@@ -568,10 +587,14 @@ impl Engine {
                 .map_or(0, |d| d.as_secs()),
         };
         let stem = vid.file_stem();
+        let intent = pool.backend.intent_records();
         let made = (|| {
             // For a device pool this names the disk before anything else happens: a crash from here on finds it
-            // held by this record, never free for a second volume.
-            pool.store.save(&rec)?;
+            // held by this record, never free for a second volume. Kinds whose half-made backings start-up
+            // recognises go without.
+            if intent {
+                pool.store.save(&rec)?;
+            }
             pool.backend.provision(&ProvisionSpec {
                 stem: &stem,
                 capacity_bytes: size,
@@ -627,8 +650,10 @@ impl Engine {
                     .join(", ")
             )));
         }
-        rec.state = VolumeState::Deleting;
-        pool.store.save(&rec)?;
+        if pool.backend.intent_records() {
+            rec.state = VolumeState::Deleting;
+            pool.store.save(&rec)?;
+        }
         pool.backend.destroy(&rec.backing(&vid.file_stem()))?;
         pool.store.remove(&vid)?;
         pool.remove(id);

@@ -2,6 +2,9 @@
 //! says whether a path shows a volume; a note says how it was asked for, so a repeat with other arguments is
 //! refused (ALREADY_EXISTS, as CSI asks) instead of being accepted because the mount looks the same. Notes are
 //! hints: where one is missing (lost, or the mount predates it) the mount table alone decides.
+//!
+//! They are written atomically but never flushed: a restarted process reads them from the page cache, and after a
+//! power loss the mounts they describe are gone too (start-up drops notes of paths that are not mounted).
 
 use std::path::{Path, PathBuf};
 
@@ -51,14 +54,18 @@ impl Notes {
     pub fn put(&self, note: &MountNote) {
         let written = serde_json::to_vec(note)
             .map_err(std::io::Error::other)
-            .and_then(|data| loam_sys::fs::write_atomic(&self.dir, &Self::file_name(&note.path), &data));
+            .and_then(|data| loam_sys::fs::write_replace(&self.dir, &Self::file_name(&note.path), &data));
         if let Err(e) = written {
             warn!(path = %note.path.display(), error = %e, "could not write a mount note");
         }
     }
 
     pub fn remove(&self, path: &Path) {
-        if let Err(e) = loam_sys::fs::remove_file_durable(&self.dir, &Self::file_name(path)) {
+        let removed = match std::fs::remove_file(self.dir.join(Self::file_name(path))) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+        if let Err(e) = removed {
             warn!(path = %path.display(), error = %e, "could not remove a mount note");
         }
     }

@@ -364,5 +364,70 @@ fn a_volume_whose_interrupted_delete_cannot_finish_is_quarantined_not_fatal() {
     }
     assert!(e.get_volume(&fine.id).is_ok());
     assert_eq!(std::fs::read(elsewhere.join("keep")).unwrap(), b"k");
-    rustix::mount::unmount(&inner, rustix::mount::UnmountFlags::empty()).unwrap();
+    // The delete had set the directory aside before it met the mount.
+    let set_aside = vol_dir
+        .parent()
+        .unwrap()
+        .join(format!(
+            ".deleting-{}",
+            VolumeId::parse(&stuck.id).unwrap().file_stem()
+        ))
+        .join("mnt");
+    assert!(!inner.exists() && set_aside.exists());
+    rustix::mount::unmount(&set_aside, rustix::mount::UnmountFlags::empty()).unwrap();
+}
+
+/// Dir pools write no intent records: what an interrupted create or delete leaves is recognised at start-up.
+#[test]
+fn dir_pool_leftovers_of_interrupted_creates_and_deletes_are_finished_at_start_up() {
+    let d = tempfile::tempdir().unwrap();
+    let volumes = d.path().join("pools/default/volumes");
+    let records = d.path().join("pools/default/records");
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let kept = e.create_volume(&req("kept", MIB)).unwrap();
+    let halfway = e.create_volume(&req("halfway", MIB)).unwrap();
+    let stem = |id: &str| VolumeId::parse(id).unwrap().file_stem();
+    // A create leaves no record in state "creating" behind.
+    let rec: VolumeRecord =
+        serde_json::from_slice(&std::fs::read(records.join(format!("{}.json", stem(&kept.id)))).unwrap())
+            .unwrap();
+    assert_eq!(rec.state, VolumeState::Ready);
+    std::fs::write(volumes.join(stem(&kept.id)).join("data"), b"keep me").unwrap();
+    drop(e);
+
+    // A create that stopped before its record: an empty directory. One that holds files has lost its record:
+    // it is left alone. A delete that stopped after its record went: a set-aside directory.
+    let empty_orphan = "0123456789abcdef0123456789abcdef";
+    std::fs::create_dir(volumes.join(empty_orphan)).unwrap();
+    let full_orphan = "fedcba9876543210fedcba9876543210";
+    std::fs::create_dir(volumes.join(full_orphan)).unwrap();
+    std::fs::write(volumes.join(full_orphan).join("f"), b"x").unwrap();
+    std::fs::create_dir_all(volumes.join(".deleting-00000000000000000000000000000042/sub")).unwrap();
+    // A delete that stopped after setting the directory aside, before removing the record.
+    std::fs::rename(
+        volumes.join(stem(&halfway.id)),
+        volumes.join(format!(".deleting-{}", stem(&halfway.id))),
+    )
+    .unwrap();
+
+    let e = Engine::open(config(d.path(), 100 * MIB)).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&volumes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut want = vec![full_orphan.to_owned(), stem(&kept.id)];
+    want.sort();
+    assert_eq!(left, want);
+    assert!(matches!(
+        e.get_volume(&halfway.id),
+        Err(Error::VolumeNotFound { .. })
+    ));
+    assert!(!records.join(format!("{}.json", stem(&halfway.id))).exists());
+    assert_eq!(e.repairs(), 1, "the finished delete is counted");
+    assert_eq!(
+        std::fs::read(volumes.join(stem(&kept.id)).join("data")).unwrap(),
+        b"keep me"
+    );
+    assert_eq!(available(&e), 99 * MIB);
 }

@@ -113,6 +113,17 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// mix, even across a crash. Concurrent writers of the same name must be
 /// serialised by the caller, as they share the temporary file.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    write_replacing(dir, name, data, true)
+}
+
+/// Replaces `dir/name` with `data` atomically, like [`write_atomic`], but without flushing anything: readers and
+/// a restarted process see the old or the new content, while after a power loss either may be there or the file
+/// may be missing. For state that a power loss makes moot anyway (notes on mounts, which a reboot removes).
+pub fn write_replace(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    write_replacing(dir, name, data, false)
+}
+
+fn write_replacing(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Result<()> {
     check_component(name)?;
     let dirfd = open_dir(dir, OFlags::empty())?;
     let tmp = format!(".{name}.tmp");
@@ -131,7 +142,9 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
         fchmod(&fd, Mode::from_raw_mode(0o600))?;
         let mut file = std::fs::File::from(fd);
         file.write_all(data)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         renameat(&dirfd, tmp.as_str(), &dirfd, name)?;
         Ok(())
     })();
@@ -140,6 +153,20 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
         let _ = unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
         return Err(crate::context(e, format!("writing {}", target.display())));
     }
+    if durable {
+        fsync_fd(&dirfd, dir)?;
+    }
+    Ok(())
+}
+
+/// Renames `dir/from` to `dir/to` (both single components; never following a symlink at either), and makes the
+/// rename durable. A missing `from` is an error of kind `NotFound`.
+pub fn rename_durable(dir: &Path, from: &str, to: &str) -> io::Result<()> {
+    check_component(from)?;
+    check_component(to)?;
+    let dirfd = open_dir(dir, OFlags::NOFOLLOW)?;
+    renameat(&dirfd, from, &dirfd, to)
+        .map_err(|e| crate::context(e, format!("renaming {} to {}", dir.join(from).display(), to)))?;
     fsync_fd(&dirfd, dir)
 }
 
@@ -400,6 +427,16 @@ fn list_dir(fd: BorrowedFd<'_>, path: &Path) -> io::Result<Vec<(CString, FileTyp
 ///
 /// On success `parent` is fsynced so the removal is durable.
 pub fn remove_tree_beneath(parent: &Path, name: &str) -> io::Result<()> {
+    remove_tree(parent, name, true)
+}
+
+/// [`remove_tree_beneath`] without the final fsync, for a tree whose removal a later durable step (or start-up)
+/// finishes anyway.
+pub fn remove_tree_beneath_unsynced(parent: &Path, name: &str) -> io::Result<()> {
+    remove_tree(parent, name, false)
+}
+
+fn remove_tree(parent: &Path, name: &str, durable: bool) -> io::Result<()> {
     check_component(name)?;
     let top_path = parent.join(name);
     let parent_fd = open_dir(parent, OFlags::NOFOLLOW)?;
@@ -418,7 +455,11 @@ pub fn remove_tree_beneath(parent: &Path, name: &str) -> io::Result<()> {
                 return Err(crate::context(e, format!("removing {}", top_path.display())));
             }
         }
-        return fsync_fd(&parent_fd, parent);
+        return if durable {
+            fsync_fd(&parent_fd, parent)
+        } else {
+            Ok(())
+        };
     }
 
     let top_fd = match open_subdir(&parent_fd, &cname) {
@@ -437,7 +478,10 @@ pub fn remove_tree_beneath(parent: &Path, name: &str) -> io::Result<()> {
             return Err(crate::context(e, format!("removing {}", top_path.display())));
         }
     }
-    fsync_fd(&parent_fd, parent)
+    if durable {
+        fsync_fd(&parent_fd, parent)?;
+    }
+    Ok(())
 }
 
 /// Removes everything below the walk's root (but not the root itself).

@@ -106,6 +106,31 @@ impl DirBackend {
         self.volumes.join(stem)
     }
 
+    /// Removes `volumes/<name>`, the leftover backing of volume `stem`, and the quota limit its project had.
+    fn forget_leftover(&self, stem: &str, name: &str) -> Result<()> {
+        let path = self.path(name);
+        let project = match self.mode {
+            Mode::Quota { .. } => self
+                .host
+                .get_project(&path)
+                .ok()
+                .map(|(id, _)| id)
+                .filter(|id| *id != 0),
+            Mode::Accounted(_) => None,
+        };
+        loam_sys::fs::remove_tree_beneath(&self.volumes, name)
+            .ctx(|| format!("removing leftover {}", path.display()))?;
+        if let Some(id) = project {
+            self.host
+                .set_project_limit(&self.volumes, id, 0, 0)
+                .ctx(|| format!("clearing the limit of project {id}"))?;
+        }
+        if let Mode::Accounted(m) = &self.mode {
+            m.forget(stem);
+        }
+        Ok(())
+    }
+
     fn project(v: &VolumeRef<'_>) -> Result<u32> {
         v.project_id.ok_or_else(|| {
             Error::Precondition(format!(
@@ -186,9 +211,23 @@ impl Backend for DirBackend {
         }
     }
 
+    /// The directory is first renamed to `.deleting-<stem>`, durably: from then on an interruption leaves a
+    /// backing that start-up recognises and finishes removing, never a volume that looks whole with half its
+    /// files gone. The tree itself is removed without a flush.
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
-        loam_sys::fs::remove_tree_beneath(&self.volumes, v.stem)
-            .ctx(|| format!("removing directory {}", self.path(v.stem).display()))?;
+        let doomed = format!("{DELETING}{}", v.stem);
+        match loam_sys::fs::rename_durable(&self.volumes, v.stem, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    op: format!("setting {} aside for removal", self.path(v.stem).display()),
+                    source: e,
+                });
+            }
+        }
+        loam_sys::fs::remove_tree_beneath_unsynced(&self.volumes, &doomed)
+            .ctx(|| format!("removing directory {}", self.path(&doomed).display()))?;
         match &self.mode {
             Mode::Quota { .. } => {
                 // The limit goes once nothing is charged to the project any more; a volume whose create was
@@ -264,6 +303,42 @@ impl Backend for DirBackend {
 
     fn backings(&self) -> Result<Vec<String>> {
         list_names(&self.volumes, "")
+    }
+
+    fn intent_records(&self) -> bool {
+        false
+    }
+
+    fn interrupted_delete(&self, v: &VolumeRef<'_>) -> bool {
+        !loam_sys::fs::is_dir_no_follow(&self.path(v.stem))
+            && std::fs::symlink_metadata(self.path(&format!("{DELETING}{}", v.stem))).is_ok()
+    }
+
+    /// Without intent records, a create interrupted before its record leaves an empty directory, and a delete
+    /// interrupted after its record was removed leaves `.deleting-<stem>`: both are removed here. A directory
+    /// without a record that holds anything is left for an operator.
+    fn reclaim(&self, known: &std::collections::HashSet<String>) -> Result<Vec<String>> {
+        let mut left = Vec::new();
+        for name in self.backings()? {
+            if let Some(stem) = name.strip_prefix(DELETING) {
+                if known.contains(stem) {
+                    continue;
+                }
+                self.forget_leftover(stem, &name)?;
+                continue;
+            }
+            if known.contains(&name) || name.starts_with('.') {
+                continue;
+            }
+            let empty = std::fs::read_dir(self.path(&name)).is_ok_and(|mut d| d.next().is_none());
+            if empty {
+                tracing::info!(backing = %name, "removing the empty directory of a create that did not finish");
+                self.forget_leftover(&name, &name)?;
+            } else {
+                left.push(name);
+            }
+        }
+        Ok(left)
     }
 
     fn health(&self) -> Option<String> {
@@ -400,6 +475,9 @@ pub(crate) fn list_names(dir: &Path, suffix: &str) -> Result<Vec<String>> {
     }
     Ok(out)
 }
+
+/// The prefix a volume directory is renamed with while it is being removed.
+const DELETING: &str = ".deleting-";
 
 /// Why `dir` cannot hold new volumes: not a directory, or not writable.
 pub(crate) fn writable_dir_problem(dir: &Path) -> Option<String> {

@@ -155,6 +155,28 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Stems of every backing present, to find ones that have no record.
     fn backings(&self) -> Result<Vec<String>>;
 
+    /// Whether create and delete write an intent record (state creating, deleting) before they touch the
+    /// backing. Kinds whose interrupted creates and deletes leave a backing that start-up recognises
+    /// ([`Backend::reclaim`], [`Backend::interrupted_delete`]) do without, saving two flushes each.
+    fn intent_records(&self) -> bool {
+        true
+    }
+
+    /// Whether the volume's delete was interrupted (its backing is being removed); start-up then finishes it.
+    fn interrupted_delete(&self, _v: &VolumeRef<'_>) -> bool {
+        false
+    }
+
+    /// Start-up, after the records are read (`known`: the stems that have one): removes what interrupted creates
+    /// and deletes left that can hold no data, and returns the stems of the backings left for an operator.
+    fn reclaim(&self, known: &std::collections::HashSet<String>) -> Result<Vec<String>> {
+        Ok(self
+            .backings()?
+            .into_iter()
+            .filter(|s| !known.contains(s))
+            .collect())
+    }
+
     /// Why the pool cannot be used right now, if it cannot.
     fn health(&self) -> Option<String>;
 
