@@ -426,6 +426,21 @@ fn loam_accepts_the_daemonset_arguments() {
         "{node_var} is the node's name"
     );
     assert_eq!(args.log_format, "json");
+    // Metrics are on, on the port the container declares and the scrape annotations name.
+    let metrics = args.metrics_address.expect("--metrics-address is set");
+    assert_eq!(
+        c["ports"]["metrics"].as_u64(),
+        Some(u64::from(metrics.port())),
+        "the container port named metrics is loam's --metrics-address port"
+    );
+    assert!(
+        metrics.ip().is_unspecified(),
+        "metrics listen on every address of the pod"
+    );
+    let ann = &r["pod_annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], metrics.port().to_string().as_str());
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
     assert!(args.data_dir.is_absolute(), "--data-dir is absolute");
     assert!(args.config.is_some(), "--config is passed");
     assert!(args.capacity.is_none(), "--capacity conflicts with --config");

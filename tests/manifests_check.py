@@ -200,6 +200,7 @@ def main():
         "volumes": {},
         "loam_args": None,
         "loam_env": None,
+        "pod_annotations": {},
         "socket_paths": {},
         "registration_path": None,
         "socket_volume_host_path": None,
@@ -220,7 +221,9 @@ def main():
         errors.append(f"expected one DaemonSet in {MANIFEST_DIR}, found {len(daemonsets)}")
         print(json.dumps(out, indent=1, sort_keys=True))
         return 0
-    pod = ((daemonsets[0].get("spec") or {}).get("template") or {}).get("spec") or {}
+    template = (daemonsets[0].get("spec") or {}).get("template") or {}
+    out["pod_annotations"] = (template.get("metadata") or {}).get("annotations") or {}
+    pod = template.get("spec") or {}
     containers = {c.get("name"): container_summary(c) for c in pod.get("containers") or []}
     volumes = {v.get("name"): {k: v[k] for k in v if k != "name"} for v in pod.get("volumes") or []}
     out["containers"], out["volumes"] = containers, volumes
