@@ -5,6 +5,7 @@
 //! floor, and every result is also a ratio to it.
 
 pub mod floor;
+pub mod resident;
 pub mod stats;
 
 use std::{
@@ -50,8 +51,8 @@ pub struct BenchArgs {
     /// Socket of the CSI driver under test.
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///run/loam/csi.sock")]
     pub endpoint: String,
-    /// Full cycles to run in all.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Full cycles to run in all (0 with --populate: only the lookups).
+    #[arg(long, default_value_t = 200)]
     pub cycles: u64,
     /// Cycles running at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
@@ -85,6 +86,23 @@ pub struct BenchArgs {
     /// Seconds to wait for each RPC.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// First create this many resident volumes (named bench-resident-N, so a kept set is reused) and time
+    /// GetCapacity, ListVolumes pages of 100, ControllerGetVolume and NodeGetVolumeStats among them.
+    #[arg(long, default_value_t = 0)]
+    pub populate: u64,
+    /// Calls of each of those RPCs to time.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lookups: u64,
+    /// Leave the resident volumes in place at the end.
+    #[arg(long, requires = "populate")]
+    pub keep: bool,
+    /// Instead of cycles: start this driver command (which serves --endpoint), time it until Probe answers ready,
+    /// report its memory, and stop it with SIGTERM. Give it after `--`.
+    #[arg(long, requires = "command")]
+    pub startup: bool,
+    /// The command of --startup.
+    #[arg(last = true, id = "command", value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// What one run measured.
@@ -322,25 +340,34 @@ impl Progress {
     }
 }
 
-/// Runs the cycles against the endpoint.
-pub async fn drive(args: &BenchArgs, work: &Path) -> anyhow::Result<Outcome> {
-    let channel = tokio::time::timeout(
+async fn connect(args: &BenchArgs) -> anyhow::Result<Channel> {
+    tokio::time::timeout(
         Duration::from_secs(args.timeout),
         crate::endpoint::connect(&args.endpoint),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("connecting to {}: no answer", args.endpoint))??;
+    .map_err(|_| anyhow::anyhow!("connecting to {}: no answer", args.endpoint))?
+}
+
+/// The capability every volume of the run is made and used with.
+fn capability(args: &BenchArgs) -> csi::VolumeCapability {
     let access = if args.block {
         volume_capability::AccessType::Block(volume_capability::BlockVolume {})
     } else {
         volume_capability::AccessType::Mount(volume_capability::MountVolume::default())
     };
-    let cap = csi::VolumeCapability {
+    csi::VolumeCapability {
         access_mode: Some(volume_capability::AccessMode {
             mode: Mode::SingleNodeWriter as i32,
         }),
         access_type: Some(access),
-    };
+    }
+}
+
+/// Runs the cycles against the endpoint.
+pub async fn drive(args: &BenchArgs, work: &Path) -> anyhow::Result<Outcome> {
+    let channel = connect(args).await?;
+    let cap = capability(args);
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() % 1_000_000_000);
@@ -454,6 +481,16 @@ pub fn floor(args: &BenchArgs, dir: &Path) -> anyhow::Result<FloorOutcome> {
     Ok(out)
 }
 
+/// `{count, p50_us, p99_us, max_us}` of some latencies.
+pub fn latency_json(s: &Samples) -> Value {
+    json!({
+        "count": s.len(),
+        "p50_us": micros(s.quantile(0.5)),
+        "p99_us": micros(s.quantile(0.99)),
+        "max_us": micros(s.max()),
+    })
+}
+
 fn micros(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| json!((d.as_secs_f64() * 1e6).round() as u64))
 }
@@ -474,13 +511,43 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             true,
         ),
     };
+    if args.startup {
+        let doc = resident::startup(&args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            println!(
+                "ready after {:.1} ms; RSS {}",
+                doc["ready_ms"].as_f64().unwrap_or_default(),
+                doc["rss_bytes"]
+                    .as_u64()
+                    .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+            );
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if args.cycles == 0 && args.populate == 0 {
+        bail!("--cycles 0 runs nothing; give --populate N to time lookups among N volumes");
+    }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let resident = if args.populate > 0 {
+        let channel = connect(&args).await?;
+        let res = resident::run(&args, &channel, &capability(&args), &work).await?;
+        Some((channel, res))
+    } else {
+        None
+    };
+    let resident_rss = args.pid.map(ProcSample::read).transpose().ok().flatten();
     let before = args
         .pid
         .map(ProcSample::read)
         .transpose()
         .context("reading the driver's /proc")?;
-    let out = drive(&args, &work).await;
+    let out = if args.cycles > 0 {
+        drive(&args, &work).await
+    } else {
+        Ok(Outcome::default())
+    };
     let after = args
         .pid
         .map(ProcSample::read)
@@ -498,11 +565,25 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         }
         None => None,
     };
-    let report = report(&args, &out, driver, fl.as_ref());
+    let mut report = report(&args, &out, driver, fl.as_ref());
+    if let Some((channel, res)) = &resident {
+        report["resident"] = res.json();
+        if let Some(p) = resident_rss {
+            report["resident"]["driver_rss_bytes"] = json!(p.rss);
+        }
+        if !args.keep {
+            resident::remove(&args, channel, &res.volumes).await?;
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&args, &out, driver, fl.as_ref());
+        if let Some((_, res)) = &resident {
+            print_resident(res, resident_rss);
+        }
+        if args.cycles > 0 {
+            print_report(&args, &out, driver, fl.as_ref());
+        }
     }
     let failed = out.cycles_failed > 0 || fl.as_ref().is_some_and(|f| f.errors > 0);
     Ok(if failed {
@@ -525,15 +606,7 @@ pub fn report(
         .iter()
         .map(|rpc| {
             let s = out.rpcs.get(rpc).cloned().unwrap_or_default();
-            (
-                (*rpc).to_owned(),
-                json!({
-                    "count": s.len(),
-                    "p50_us": micros(s.quantile(0.5)),
-                    "p99_us": micros(s.quantile(0.99)),
-                    "max_us": micros(s.max()),
-                }),
-            )
+            ((*rpc).to_owned(), latency_json(&s))
         })
         .collect();
     let mut errors = serde_json::Map::new();
@@ -589,6 +662,39 @@ pub fn report(
     doc
 }
 
+fn print_resident(res: &resident::Resident, rss: Option<ProcSample>) {
+    println!(
+        "{} resident volumes, created at {:.0}/s{}",
+        res.volumes.len(),
+        res.volumes.len() as f64 / res.populate.as_secs_f64().max(1e-9),
+        rss.map_or(String::new(), |p| format!(
+            "; driver RSS {:.1} MiB",
+            p.rss as f64 / 1048576.0
+        ))
+    );
+    print_latencies("lookup", &resident::LOOKUPS, &res.rpcs);
+    println!();
+}
+
+/// One row per RPC: calls, p50, p99, max.
+fn print_latencies(title: &str, rpcs: &[&'static str], samples: &BTreeMap<&'static str, Samples>) {
+    println!(
+        "{:<20} {:>7} {:>10} {:>10} {:>10}",
+        title, "calls", "p50", "p99", "max"
+    );
+    for rpc in rpcs {
+        let s = samples.get(rpc).cloned().unwrap_or_default();
+        println!(
+            "{:<20} {:>7} {:>10} {:>10} {:>10}",
+            rpc,
+            s.len(),
+            ms(s.quantile(0.5)),
+            ms(s.quantile(0.99)),
+            ms(s.max())
+        );
+    }
+}
+
 fn print_report(
     args: &BenchArgs,
     out: &Outcome,
@@ -642,21 +748,7 @@ fn print_report(
         println!();
     }
     println!();
-    println!(
-        "{:<20} {:>7} {:>10} {:>10} {:>10}",
-        "RPC", "calls", "p50", "p99", "max"
-    );
-    for rpc in RPCS {
-        let s = out.rpcs.get(rpc).cloned().unwrap_or_default();
-        println!(
-            "{:<20} {:>7} {:>10} {:>10} {:>10}",
-            rpc,
-            s.len(),
-            ms(s.quantile(0.5)),
-            ms(s.quantile(0.99)),
-            ms(s.max())
-        );
-    }
+    print_latencies("RPC", &RPCS, &out.rpcs);
     if !out.errors.is_empty() {
         println!();
         for ((rpc, code), n) in &out.errors {

@@ -736,10 +736,16 @@ impl Engine {
         if !start.is_empty() && VolumeId::parse(start).is_err() {
             return Err(Error::BadToken(start.to_owned()));
         }
+        // One page and the next token from each pool's ordered IDs, merged: never every ID.
+        let want = if max_entries == 0 {
+            usize::MAX
+        } else {
+            max_entries + 1
+        };
         let mut ids: Vec<(String, &Arc<Pool>)> = self
             .pools
             .values()
-            .flat_map(|p| p.ids().into_iter().map(move |id| (id, p)))
+            .flat_map(|p| p.ids_from(start, want).into_iter().map(move |id| (id, p)))
             .collect();
         ids.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::new();

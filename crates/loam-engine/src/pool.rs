@@ -68,6 +68,7 @@ struct State {
     volumes: BTreeMap<String, Entry>,
     /// Project IDs held by volumes (and creates in flight), or found taken on the filesystem.
     projects: std::collections::BTreeSet<u32>,
+
     /// Disks (device pools) held by volumes and creates in flight, by identity.
     disks: std::collections::BTreeSet<String>,
 }
@@ -241,6 +242,18 @@ impl Pool {
 
     pub fn ids(&self) -> Vec<String> {
         self.state().volumes.keys().cloned().collect()
+    }
+
+    /// Up to `limit` IDs of usable (not quarantined) volumes from `start` on, in order: one page's worth,
+    /// without copying the rest.
+    pub fn ids_from(&self, start: &str, limit: usize) -> Vec<String> {
+        self.state()
+            .volumes
+            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+            .take(limit)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -493,18 +506,29 @@ impl Pool {
                 0
             }
         };
-        let volumes: Vec<(String, VolumeRecord)> = self
+        // What the backend needs of each volume, copied out so that no lock is held while it measures.
+        let volumes: Vec<(String, u64, Option<u32>)> = self
             .state()
             .volumes
             .values()
             .filter_map(|e| match e {
-                Entry::Ready(r) => r.volume_id().ok().map(|v| (v.file_stem(), r.clone())),
+                Entry::Ready(r) => r
+                    .volume_id()
+                    .ok()
+                    .map(|v| (v.file_stem(), r.capacity_bytes, r.project_id)),
                 Entry::Quarantined(_) => None,
             })
             .collect();
         let written = volumes
             .iter()
-            .map(|(stem, rec)| self.backend.written_bytes(&rec.backing(stem)))
+            .map(|(stem, capacity_bytes, project_id)| {
+                self.backend.written_bytes(&crate::backend::VolumeRef {
+                    stem,
+                    capacity_bytes: *capacity_bytes,
+                    project_id: *project_id,
+                    device: None,
+                })
+            })
             .fold(0u64, u64::saturating_add);
         (fs_free, written)
     }
