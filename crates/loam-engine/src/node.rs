@@ -420,9 +420,8 @@ impl Engine {
         };
         let table = self.mount_table()?;
         let srcs = sources(&table, &att);
-        let mounts = uses(&table, &att);
         let staged_at = if rec.block { &file } else { staging };
-        let others: Vec<PathBuf> = mounts
+        let others: Vec<PathBuf> = uses(&table, &att)
             .iter()
             .map(|m| m.mount_point.clone())
             .filter(|p| p != staged_at)
@@ -433,7 +432,7 @@ impl Engine {
                 list(&others)
             )));
         }
-        self.unmount_all(staged_at, &srcs, volume_id)?;
+        self.unmount_all(staged_at, &srcs, volume_id, table)?;
         if rec.block {
             remove_target(&file)?;
         }
@@ -466,10 +465,29 @@ impl Engine {
         }
     }
 
-    /// Unmounts every layer of the volume at `path`, refusing to touch a mount of something else.
-    fn unmount_all(&self, path: &Path, srcs: &[MountSource], volume_id: &str) -> Result<()> {
+    /// Unmounts every layer of the volume at `path`, refusing to touch a mount of something else. `table` is the
+    /// mount table as just read; after each unmount the path is asked whether it is still a mount point, and the
+    /// table read again only when it is.
+    fn unmount_all(
+        &self,
+        path: &Path,
+        srcs: &[MountSource],
+        volume_id: &str,
+        table: MountTable,
+    ) -> Result<()> {
+        let mut table = Some(table);
         loop {
-            let table = self.mount_table()?;
+            let table = match table.take() {
+                Some(t) => t,
+                None if !self
+                    .host
+                    .is_mount_point(path)
+                    .ctx(|| format!("checking {}", path.display()))? =>
+                {
+                    return Ok(());
+                }
+                None => self.mount_table()?,
+            };
             let Some(top) = table.top_mount_at(path) else {
                 return Ok(());
             };
@@ -653,7 +671,8 @@ impl Engine {
         match pool.backend.attached(&rec.backing(&vid.file_stem()))? {
             Some(att) => {
                 let table = self.mount_table()?;
-                self.unmount_all(target, &sources(&table, &att), volume_id)?;
+                let srcs = sources(&table, &att);
+                self.unmount_all(target, &srcs, volume_id, table)?;
             }
             None => self.unmount_by_note(
                 volume_id,

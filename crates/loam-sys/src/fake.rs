@@ -347,6 +347,12 @@ impl Host for FakeHost {
         Ok(MountTable::new(st.mounts.clone()))
     }
 
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
+        let mut st = self.state();
+        self.enter(&mut st, "is_mount_point", path.display().to_string())?;
+        Ok(st.mounts.iter().any(|m| m.mount_point == path))
+    }
+
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
         let mut st = self.state();
         self.enter(

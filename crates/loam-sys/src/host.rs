@@ -21,6 +21,9 @@ use crate::{mountinfo::MountTable, statfs::FsStats};
 pub trait Host: Send + Sync + fmt::Debug {
     /// The calling thread's mount table.
     fn mount_table(&self) -> io::Result<MountTable>;
+    /// Whether something is mounted at `path`, asked without reading the whole mount table where the kernel
+    /// can tell.
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool>;
     /// Bind-mounts `source` (a directory, or a device node onto a file) on `target`, read-only if asked.
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()>;
     /// Mounts the filesystem on `device` at `target` (`options`: allow-listed CSI mount flags).
@@ -107,6 +110,10 @@ pub struct RealHost;
 impl Host for RealHost {
     fn mount_table(&self) -> io::Result<MountTable> {
         MountTable::read_self()
+    }
+
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
+        crate::mount::is_mount_point(path)
     }
 
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {

@@ -143,6 +143,21 @@ pub fn unmount(target: &Path) -> io::Result<()> {
         .map_err(|e| crate::context(e, format!("unmounting {}", target.display())))
 }
 
+/// Whether something is mounted at `path` (it is the root of a mount), from `statx` (`STATX_ATTR_MOUNT_ROOT`,
+/// Linux 5.8) without reading the mount table; where the kernel does not say, from the mount table. A missing
+/// `path` is not a mount point. A symlink at `path` is not followed.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::empty()) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+        }
+        Ok(_) => Ok(crate::mountinfo::MountTable::read_self()?.is_mount_point(path)),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(crate::context(e, format!("stat of {}", path.display()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

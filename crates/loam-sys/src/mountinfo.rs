@@ -238,6 +238,37 @@ pub struct MountTable {
     mounts: Vec<MountInfo>,
 }
 
+/// Reads `path` whole: its text and how many `read` calls returned data (the kernel gives mountinfo a page or
+/// so per call, each produced under its lock).
+fn read_chunks(path: &Path) -> io::Result<(String, usize)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(16 << 10);
+    let mut chunks = 0;
+    loop {
+        if buf.capacity() - buf.len() < 8192 {
+            buf.reserve(buf.capacity());
+        }
+        let len = buf.len();
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        match file.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                break;
+            }
+            Ok(n) => {
+                buf.truncate(len + n);
+                chunks += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
+    let text = String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((text, chunks))
+}
+
 /// How many times to read mountinfo while looking for two identical reads.
 const READ_ATTEMPTS: usize = 5;
 
@@ -336,21 +367,23 @@ impl MountTable {
 /// Reads and parses a mountinfo file until two consecutive reads agree.
 ///
 /// The kernel produces mountinfo in page-sized chunks; if mounts change
-/// between chunks the result can be torn (lines missing or duplicated). Two
-/// identical reads in a row are very likely a consistent snapshot. After
+/// between chunks the result can be torn (lines missing or duplicated). A
+/// table that came in one chunk is consistent; otherwise two identical reads
+/// in a row are very likely a consistent snapshot. After
 /// [`READ_ATTEMPTS`] reads the last one is used anyway: a table that never
 /// settles is still better than none.
 fn read_stable(path: &Path) -> io::Result<MountTable> {
-    let read = || {
-        std::fs::read_to_string(path).map_err(|e| crate::context(e, format!("reading {}", path.display())))
-    };
-    let mut previous = read()?;
-    for _ in 1..READ_ATTEMPTS {
-        let current = read()?;
-        if current == previous {
-            break;
+    let read = || read_chunks(path).map_err(|e| crate::context(e, format!("reading {}", path.display())));
+    let (mut previous, chunks) = read()?;
+    // One chunk is one pass of the kernel under its lock: consistent as it is.
+    if chunks > 1 {
+        for _ in 1..READ_ATTEMPTS {
+            let (current, _) = read()?;
+            if current == previous {
+                break;
+            }
+            previous = current;
         }
-        previous = current;
     }
     let mounts = parse(&previous).map_err(|e| {
         crate::context(

@@ -263,3 +263,30 @@ fn remove_tree_beneath_refuses_a_mounted_top_and_bound_files() {
     remove_tree_beneath(&base, "vol").unwrap();
     assert_canary(&outside);
 }
+
+#[test]
+fn is_mount_point_agrees_with_the_mount_table_without_reading_it() {
+    let Some((_dir, base)) = setup("is_mount_point_agrees_with_the_mount_table_without_reading_it") else {
+        return;
+    };
+    let src = mkdir(&base, "src");
+    let dst = mkdir(&base, "dst");
+    let link = base.join("link");
+    std::os::unix::fs::symlink(&dst, &link).unwrap();
+    assert!(!loam_sys::mount::is_mount_point(&dst).unwrap());
+    assert!(!loam_sys::mount::is_mount_point(&base.join("missing")).unwrap());
+    bind(&src, &dst, false).unwrap();
+    let table = MountTable::read_self().unwrap();
+    assert!(table.is_mount_point(&dst));
+    assert!(loam_sys::mount::is_mount_point(&dst).unwrap());
+    assert!(
+        !loam_sys::mount::is_mount_point(&link).unwrap(),
+        "a symlink to a mount point is not one"
+    );
+    assert!(
+        !loam_sys::mount::is_mount_point(&src).unwrap(),
+        "the source of a bind is not"
+    );
+    unmount(&dst).unwrap();
+    assert!(!loam_sys::mount::is_mount_point(&dst).unwrap());
+}
