@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::{
     backend::{
-        Backend, Inventory, Offer,
+        Backend, Inventory, Offer, VolumeRef,
         btrfs::{self, BtrfsBackend},
         device::DeviceBackend,
         dir::{self, DirBackend},
@@ -71,6 +71,9 @@ struct State {
 
     /// Disks (device pools) held by volumes and creates in flight, by identity.
     disks: std::collections::BTreeSet<String>,
+    /// The bytes the volumes have written and the backend's measurement generation they were summed at, for kinds
+    /// that measure in memory; dropped whenever a volume comes or goes.
+    written: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -506,6 +509,30 @@ impl Pool {
                 0
             }
         };
+        if let Some(generation) = self.backend.written_generation() {
+            let mut st = self.state();
+            if let Some((g, sum)) = st.written
+                && g == generation
+            {
+                return (fs_free, sum);
+            }
+            let written = st
+                .volumes
+                .values()
+                .filter_map(|e| match e {
+                    // A volume ID ends with its file stem, the 32 hex digits of its UUID.
+                    Entry::Ready(r) if r.id.len() >= 32 => Some(self.backend.written_bytes(&VolumeRef {
+                        stem: &r.id[r.id.len() - 32..],
+                        capacity_bytes: r.capacity_bytes,
+                        project_id: r.project_id,
+                        device: None,
+                    })),
+                    _ => None,
+                })
+                .fold(0u64, u64::saturating_add);
+            st.written = Some((generation, written));
+            return (fs_free, written);
+        }
         // What the backend needs of each volume, copied out so that no lock is held while it measures.
         let volumes: Vec<(String, u64, Option<u32>)> = self
             .state()
@@ -522,7 +549,7 @@ impl Pool {
         let written = volumes
             .iter()
             .map(|(stem, capacity_bytes, project_id)| {
-                self.backend.written_bytes(&crate::backend::VolumeRef {
+                self.backend.written_bytes(&VolumeRef {
                     stem,
                     capacity_bytes: *capacity_bytes,
                     project_id: *project_id,
@@ -604,12 +631,15 @@ impl Pool {
 
     /// Adds a record whose bytes (and project ID) were already reserved.
     pub fn insert_reserved(&self, rec: VolumeRecord) {
-        self.state().volumes.insert(rec.id.clone(), Entry::Ready(rec));
+        let mut st = self.state();
+        st.written = None;
+        st.volumes.insert(rec.id.clone(), Entry::Ready(rec));
     }
 
     /// Adds a record found at start-up, taking its bytes even past the total: what exists is counted.
     pub fn insert_loaded(&self, rec: VolumeRecord) {
         let mut st = self.state();
+        st.written = None;
         st.reserved = st.reserved.saturating_add(rec.capacity_bytes);
         if let Some(id) = rec.project_id {
             st.projects.insert(id);
@@ -627,6 +657,7 @@ impl Pool {
     /// Forgets a volume and gives its bytes back.
     pub fn remove(&self, id: &str) {
         let mut st = self.state();
+        st.written = None;
         if let Some(Entry::Ready(rec)) = st.volumes.remove(id) {
             st.reserved = st.reserved.saturating_sub(rec.capacity_bytes);
             if let Some(p) = rec.project_id {

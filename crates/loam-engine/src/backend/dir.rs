@@ -309,6 +309,13 @@ impl Backend for DirBackend {
         false
     }
 
+    fn written_generation(&self) -> Option<u64> {
+        match &self.mode {
+            Mode::Accounted(m) => Some(m.generation.load(std::sync::atomic::Ordering::Acquire)),
+            Mode::Quota { .. } => None,
+        }
+    }
+
     fn interrupted_delete(&self, v: &VolumeRef<'_>) -> bool {
         !loam_sys::fs::is_dir_no_follow(&self.path(v.stem))
             && std::fs::symlink_metadata(self.path(&format!("{DELETING}{}", v.stem))).is_ok()
@@ -365,6 +372,8 @@ struct Measurer {
     volumes: PathBuf,
     every: Duration,
     usage: Mutex<HashMap<String, Usage>>,
+    /// Bumped whenever a measurement changes (see [`Backend::written_generation`]).
+    generation: std::sync::atomic::AtomicU64,
     stopped: Mutex<bool>,
     wake: Condvar,
 }
@@ -375,6 +384,7 @@ impl Measurer {
             volumes,
             every,
             usage: Mutex::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             stopped: Mutex::new(false),
             wake: Condvar::new(),
         });
@@ -425,13 +435,14 @@ impl Measurer {
     /// Walks one volume now (a new, empty one at create costs nothing).
     fn measure(&self, stem: &str) {
         if let Ok(u) = loam_sys::fs::tree_usage(&self.volumes.join(stem)) {
-            self.cache().insert(
-                stem.to_owned(),
-                Usage {
-                    bytes: u.bytes,
-                    inodes: u.inodes,
-                },
-            );
+            let usage = Usage {
+                bytes: u.bytes,
+                inodes: u.inodes,
+            };
+            let before = self.cache().insert(stem.to_owned(), usage);
+            if before != Some(usage) {
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
         }
     }
 
@@ -444,7 +455,9 @@ impl Measurer {
     }
 
     fn forget(&self, stem: &str) {
-        self.cache().remove(stem);
+        if self.cache().remove(stem).is_some() {
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }
 

@@ -152,6 +152,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.usage(v).map_or(0, |u| u.bytes.min(v.capacity_bytes))
     }
 
+    /// For kinds whose [`Backend::written_bytes`] reads only memory (a cached measurement): a number that changes
+    /// whenever any volume's measurement does. The pool then sums under its lock, and reuses the sum until this
+    /// number changes or a volume comes or goes. `None`: measured anew each time.
+    fn written_generation(&self) -> Option<u64> {
+        None
+    }
+
     /// Stems of every backing present, to find ones that have no record.
     fn backings(&self) -> Result<Vec<String>>;
 
