@@ -736,34 +736,32 @@ impl Engine {
         if !start.is_empty() && VolumeId::parse(start).is_err() {
             return Err(Error::BadToken(start.to_owned()));
         }
-        // One page and the next token from each pool's ordered IDs, merged: never every ID.
+        // One page and the next token from each pool's ordered records, merged: never every volume.
         let want = if max_entries == 0 {
             usize::MAX
         } else {
             max_entries + 1
         };
-        let mut ids: Vec<(String, &Arc<Pool>)> = self
+        let mut recs: Vec<(VolumeRecord, &Arc<Pool>)> = self
             .pools
             .values()
-            .flat_map(|p| p.ids_from(start, want).into_iter().map(move |id| (id, p)))
+            .flat_map(|p| p.page_from(start, want).into_iter().map(move |r| (r, p)))
             .collect();
-        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        recs.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let mut out = Vec::new();
         let mut next = None;
         // Each pool's state once per page, not once per volume.
         let mut degraded: BTreeMap<&str, Option<String>> = BTreeMap::new();
-        for (id, pool) in ids.into_iter().filter(|(id, _)| id.as_str() >= start) {
+        for (rec, pool) in recs {
             if max_entries != 0 && out.len() == max_entries {
-                next = Some(id);
+                next = Some(rec.id);
                 break;
             }
-            if let Some(Entry::Ready(rec)) = pool.get(&id) {
-                let state = degraded
-                    .entry(&pool.name)
-                    .or_insert_with(|| pool.degraded())
-                    .clone();
-                out.push(self.volume_in(pool, state, &rec));
-            }
+            let state = degraded
+                .entry(&pool.name)
+                .or_insert_with(|| pool.degraded())
+                .clone();
+            out.push(self.volume_in(pool, state, &rec));
         }
         Ok((out, next))
     }

@@ -247,15 +247,17 @@ impl Pool {
         self.state().volumes.keys().cloned().collect()
     }
 
-    /// Up to `limit` IDs of usable (not quarantined) volumes from `start` on, in order: one page's worth,
-    /// without copying the rest.
-    pub fn ids_from(&self, start: &str, limit: usize) -> Vec<String> {
+    /// Up to `limit` records of usable (not quarantined) volumes from ID `start` on, in ID order: one page's
+    /// worth, without copying the rest.
+    pub fn page_from(&self, start: &str, limit: usize) -> Vec<VolumeRecord> {
         self.state()
             .volumes
             .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
-            .filter(|(_, e)| matches!(e, Entry::Ready(_)))
+            .filter_map(|(_, e)| match e {
+                Entry::Ready(r) => Some(r.clone()),
+                Entry::Quarantined(_) => None,
+            })
             .take(limit)
-            .map(|(k, _)| k.clone())
             .collect()
     }
 
