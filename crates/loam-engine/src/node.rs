@@ -4,12 +4,15 @@
 //!   published by a bind of that mount; for block access bind-mounted onto a file in the staging directory and
 //!   onto a file at each target.
 //!
-//! Every decision comes from the live mount table, not from remembered state, so repeats add no mount and a
-//! restart or reboot loses nothing: after a reboot NodeStage attaches and mounts again.
+//! What a path shows is asked of the path itself (`statx`: is it a mount root, and of which directory or
+//! device), never of remembered state, so repeats add no mount and a restart or reboot loses nothing: after a
+//! reboot NodeStage attaches and mounts again. Where a volume is mounted (before unstage, delete or a second
+//! publication) is asked of the paths loam's notes name for it, so no call reads the whole mount table, whose
+//! size grows with every pod on the node.
 
 use std::path::{Path, PathBuf};
 
-use loam_sys::mountinfo::{MountInfo, MountSource, MountTable};
+use loam_sys::host::{FileId, MountedAt};
 use tracing::{info, warn};
 
 use crate::{
@@ -47,86 +50,27 @@ fn split(path: &Path) -> Result<(&Path, &str)> {
     }
 }
 
-/// What a filesystem on `dev` shows when mounted: the device's root.
-fn fs_source(dev: &Device) -> MountSource {
-    MountSource {
-        major: dev.major,
-        minor: dev.minor,
-        root: PathBuf::from("/"),
+/// What a mount must show at its root to be a mount of the volume: its directory or device node (bound raw), or
+/// the filesystem on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shows {
+    File(FileId),
+    Fs { dev: u64 },
+}
+
+impl Shows {
+    fn matches(self, m: &MountedAt) -> bool {
+        match self {
+            Shows::File(id) => m.root == id,
+            Shows::Fs { dev } => m.root.dev == dev,
+        }
     }
 }
 
-fn source_of(table: &MountTable, path: &Path) -> Result<MountSource> {
-    table.source_of(path).ok_or_else(|| Error::Io {
-        op: format!("finding the mount holding {}", path.display()),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-    })
-}
-
-/// Every way the volume can show in the mount table: its directory; or its device's filesystem and its device
-/// node (bind-mounted raw).
-fn sources(table: &MountTable, att: &Attachment) -> Vec<MountSource> {
-    match att {
-        Attachment::Directory(d) => table.source_of(d).into_iter().collect(),
-        Attachment::Device(dev) => std::iter::once(fs_source(dev))
-            .chain(table.source_of(&dev.path))
-            .collect(),
+fn fs_of(dev: &Device) -> Shows {
+    Shows::Fs {
+        dev: loam_sys::mount::dev_number(dev.major, dev.minor),
     }
-}
-
-/// Every mount that shows the volume, but the one its directory lives on (a device pool's disk, mounted by the
-/// admin at its entry).
-fn uses<'t>(table: &'t MountTable, att: &Attachment) -> Vec<&'t MountInfo> {
-    let home = match att {
-        Attachment::Directory(d) => Some(d.as_path()),
-        Attachment::Device(_) => None,
-    };
-    mounts_showing(table, &sources(table, att))
-        .into_iter()
-        .filter(|m| Some(m.mount_point.as_path()) != home)
-        .collect()
-}
-
-fn mounts_showing<'t>(table: &'t MountTable, srcs: &[MountSource]) -> Vec<&'t MountInfo> {
-    table
-        .mounts()
-        .iter()
-        .filter(|m| srcs.iter().any(|s| m.shows(s)))
-        .collect()
-}
-
-/// Whether `path` already shows the volume (`src`) with the wanted read-only setting, so a repeated call has
-/// nothing to do. Anything else mounted there, or the volume with the other setting, is a conflict.
-fn already_mounted(
-    table: &MountTable,
-    path: &Path,
-    src: &MountSource,
-    read_only: bool,
-    volume_id: &str,
-    done: &str,
-) -> Result<bool> {
-    let Some(top) = table.top_mount_at(path) else {
-        return Ok(false);
-    };
-    if !top.shows(src) {
-        return Err(Error::MountConflict(format!(
-            "{} already has another filesystem mounted ({})",
-            path.display(),
-            top.source
-        )));
-    }
-    if top.is_read_only() != read_only {
-        let how = if top.is_read_only() {
-            "read-only"
-        } else {
-            "read-write"
-        };
-        return Err(Error::MountConflict(format!(
-            "volume {volume_id} is already {done} at {} {how}",
-            path.display()
-        )));
-    }
-    Ok(true)
 }
 
 /// Makes `parent/name` as an empty file to bind a device node onto; an existing regular file is reused.
@@ -182,23 +126,81 @@ fn staged_device_file(staging: &Path, volume_id: &str) -> PathBuf {
 }
 
 impl Engine {
-    fn mount_table(&self) -> Result<MountTable> {
+    fn mounted_at(&self, path: &Path) -> Result<Option<MountedAt>> {
         self.host
-            .mount_table()
-            .ctx(|| "reading /proc/self/mountinfo".into())
+            .mounted_at(path)
+            .ctx(|| format!("asking what is mounted at {}", path.display()))
+    }
+
+    fn file_id(&self, path: &Path) -> Result<Shows> {
+        self.host
+            .file_id(path)
+            .map(Shows::File)
+            .ctx(|| format!("stat of {}", path.display()))
+    }
+
+    /// Every way a mount can show the volume: its directory; or its device's filesystem and its device node.
+    fn shows(&self, att: &Attachment) -> Result<Vec<Shows>> {
+        Ok(match att {
+            Attachment::Directory(d) => vec![self.file_id(d)?],
+            Attachment::Device(dev) => vec![fs_of(dev), self.file_id(&dev.path)?],
+        })
+    }
+
+    /// Every path loam mounted the volume at that still shows it: the paths its notes name (for a block volume's
+    /// staging directory, the device file in it), each asked what it shows.
+    fn uses(&self, volume_id: &str, att: &Attachment) -> Result<Vec<PathBuf>> {
+        let shows = self.shows(att)?;
+        let mut found = Vec::new();
+        for noted in self.notes.paths_of(volume_id) {
+            for path in [staged_device_file(&noted, volume_id), noted] {
+                if let Some(m) = self.mounted_at(&path)?
+                    && shows.iter().any(|s| s.matches(&m))
+                {
+                    found.push(path);
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether `path` already shows the volume (`want`) with the wanted read-only setting, so a repeated call has
+    /// nothing to do. Anything else mounted there, or the volume with the other setting, is a conflict.
+    fn already_mounted(
+        &self,
+        path: &Path,
+        want: Shows,
+        read_only: bool,
+        volume_id: &str,
+        done: &str,
+    ) -> Result<bool> {
+        let Some(top) = self.mounted_at(path)? else {
+            return Ok(false);
+        };
+        if !want.matches(&top) {
+            return Err(Error::MountConflict(format!(
+                "{} already has something other than volume {volume_id} mounted on it",
+                path.display()
+            )));
+        }
+        if top.read_only != read_only {
+            let how = if top.read_only { "read-only" } else { "read-write" };
+            return Err(Error::MountConflict(format!(
+                "volume {volume_id} is already {done} at {} {how}",
+                path.display()
+            )));
+        }
+        Ok(true)
     }
 
     /// Every place the volume is mounted (staging paths and publish targets).
     pub(crate) fn mounts_of(&self, pool: &Pool, rec: &VolumeRecord) -> Result<Vec<PathBuf>> {
         let stem = rec.volume_id()?.file_stem();
-        let Some(att) = pool.backend.attached(&rec.backing(&stem))? else {
-            return Ok(vec![]);
-        };
-        let table = self.mount_table()?;
-        Ok(uses(&table, &att)
-            .into_iter()
-            .map(|m| m.mount_point.clone())
-            .collect())
+        match pool.backend.attached(&rec.backing(&stem))? {
+            Some(att) => self.uses(&rec.id, &att),
+            None => Ok(vec![]),
+        }
     }
 
     /// Refuses a capability the volume cannot be used with: an off-list field is INVALID_ARGUMENT, anything the
@@ -253,13 +255,11 @@ impl Engine {
         req: &StageRequest,
         read_only: bool,
     ) -> Result<bool> {
-        let table = self.mount_table()?;
         let id = &req.volume_id;
         let staging = &req.staging_path;
         Ok(match (att, &req.capability.access) {
             (Attachment::Directory(dir), AccessType::Mount { .. }) => {
-                let src = source_of(&table, dir)?;
-                if already_mounted(&table, staging, &src, read_only, id, "staged")? {
+                if self.already_mounted(staging, self.file_id(dir)?, read_only, id, "staged")? {
                     true
                 } else {
                     self.host
@@ -269,7 +269,7 @@ impl Engine {
                 }
             }
             (Attachment::Device(dev), AccessType::Mount { .. }) => {
-                if already_mounted(&table, staging, &fs_source(dev), read_only, id, "staged")? {
+                if self.already_mounted(staging, fs_of(dev), read_only, id, "staged")? {
                     true
                 } else {
                     self.format_and_mount(rec, dev, staging, &req.capability, read_only)?;
@@ -278,8 +278,7 @@ impl Engine {
             }
             (Attachment::Device(dev), AccessType::Block) => {
                 let file = staged_device_file(staging, id);
-                let src = source_of(&table, &dev.path)?;
-                if already_mounted(&table, &file, &src, read_only, id, "staged")? {
+                if self.already_mounted(&file, self.file_id(&dev.path)?, read_only, id, "staged")? {
                     true
                 } else {
                     let bound = make_target_file(staging, id).and_then(|_| {
@@ -368,15 +367,14 @@ impl Engine {
         let Attachment::Device(_) = att else {
             return;
         };
-        let in_use = self.mount_table().map(|t| !uses(&t, att).is_empty());
-        match in_use {
+        match self.uses(&rec.id, att).map(|u| !u.is_empty()) {
             Ok(false) => {
                 if let Err(e) = pool.backend.detach(&rec.backing(stem)) {
                     warn!(pool = %pool.name, volume.stem = %stem, error = %e, "cannot detach the volume");
                 }
             }
             Ok(true) => {}
-            Err(e) => warn!(error = %e, "cannot read the mount table; volume left attached"),
+            Err(e) => warn!(error = %e, "cannot tell whether the volume is still mounted; left attached"),
         }
     }
 
@@ -418,12 +416,10 @@ impl Engine {
                 "the volume is not attached",
             );
         };
-        let table = self.mount_table()?;
-        let srcs = sources(&table, &att);
         let staged_at = if rec.block { &file } else { staging };
-        let others: Vec<PathBuf> = uses(&table, &att)
-            .iter()
-            .map(|m| m.mount_point.clone())
+        let others: Vec<PathBuf> = self
+            .uses(volume_id, &att)?
+            .into_iter()
             .filter(|p| p != staged_at)
             .collect();
         if !others.is_empty() {
@@ -432,7 +428,7 @@ impl Engine {
                 list(&others)
             )));
         }
-        self.unmount_all(staged_at, &srcs, volume_id, table)?;
+        self.unmount_all(staged_at, &self.shows(&att)?, volume_id)?;
         if rec.block {
             remove_target(&file)?;
         }
@@ -465,43 +461,20 @@ impl Engine {
         }
     }
 
-    /// Unmounts every layer of the volume at `path`, refusing to touch a mount of something else. `table` is the
-    /// mount table as just read; after each unmount the path is asked whether it is still a mount point, and the
-    /// table read again only when it is.
-    fn unmount_all(
-        &self,
-        path: &Path,
-        srcs: &[MountSource],
-        volume_id: &str,
-        table: MountTable,
-    ) -> Result<()> {
-        let mut table = Some(table);
-        loop {
-            let table = match table.take() {
-                Some(t) => t,
-                None if !self
-                    .host
-                    .is_mount_point(path)
-                    .ctx(|| format!("checking {}", path.display()))? =>
-                {
-                    return Ok(());
-                }
-                None => self.mount_table()?,
-            };
-            let Some(top) = table.top_mount_at(path) else {
-                return Ok(());
-            };
-            if !srcs.iter().any(|s| top.shows(s)) {
+    /// Unmounts every layer of the volume at `path`, refusing to touch a mount of something else.
+    fn unmount_all(&self, path: &Path, shows: &[Shows], volume_id: &str) -> Result<()> {
+        while let Some(top) = self.mounted_at(path)? {
+            if !shows.iter().any(|s| s.matches(&top)) {
                 return Err(Error::Precondition(format!(
-                    "{} has a mount of something other than volume {volume_id} ({}); not touching it",
-                    path.display(),
-                    top.source
+                    "{} has a mount of something other than volume {volume_id}; not touching it",
+                    path.display()
                 )));
             }
             self.host
                 .unmount(path)
                 .ctx(|| format!("unmounting {}", path.display()))?;
         }
+        Ok(())
     }
 
     /// Unpublish or unstage when the volume's backing cannot tell what shows it (its pool is degraded, or its
@@ -515,7 +488,7 @@ impl Engine {
         pool: &str,
         reason: &str,
     ) -> Result<()> {
-        if !self.mount_table()?.is_mount_point(path) {
+        if self.mounted_at(path)?.is_none() {
             return Ok(());
         }
         if self.notes.get(noted).is_none_or(|n| n.volume_id != volume_id) {
@@ -525,7 +498,7 @@ impl Engine {
                 path.display()
             )));
         }
-        while self.mount_table()?.is_mount_point(path) {
+        while self.mounted_at(path)?.is_some() {
             self.host
                 .unmount(path)
                 .ctx(|| format!("unmounting {}", path.display()))?;
@@ -573,35 +546,34 @@ impl Engine {
             .backend
             .attached(&rec.backing(&stem))?
             .ok_or_else(not_staged)?;
-        let table = self.mount_table()?;
         let block = req.capability.access == AccessType::Block;
         // What the target will show, where it shows staged, and what to bind from.
         let (src, staged_at, bind_from) = match (&att, block) {
             (Attachment::Directory(d), false) => (
-                source_of(&table, d)?,
+                self.file_id(d)?,
                 req.staging_path.clone(),
                 req.staging_path.clone(),
             ),
             (Attachment::Device(dev), false) => {
-                (fs_source(dev), req.staging_path.clone(), req.staging_path.clone())
+                (fs_of(dev), req.staging_path.clone(), req.staging_path.clone())
             }
             (Attachment::Device(dev), true) => (
-                source_of(&table, &dev.path)?,
+                self.file_id(&dev.path)?,
                 staged_device_file(&req.staging_path, id),
                 dev.path.clone(),
             ),
             (Attachment::Directory(_), true) => return Err(not_staged()),
         };
-        if !table.top_mount_at(&staged_at).is_some_and(|m| m.shows(&src)) {
+        if !self.mounted_at(&staged_at)?.is_some_and(|m| src.matches(&m)) {
             return Err(not_staged());
         }
-        if already_mounted(&table, target, &src, read_only, id, "published")? {
+        if self.already_mounted(target, src, read_only, id, "published")? {
             return self.check_note(target, id, &req.capability, read_only, "published");
         }
         if req.capability.mode.is_single_publication() {
-            let others: Vec<PathBuf> = uses(&table, &att)
+            let others: Vec<PathBuf> = self
+                .uses(id, &att)?
                 .into_iter()
-                .map(|m| m.mount_point.clone())
                 .filter(|p| p != &staged_at && p != target)
                 .collect();
             if !others.is_empty() {
@@ -622,7 +594,7 @@ impl Engine {
         let created = if block {
             make_target_file(parent, name)?
         } else {
-            match loam_sys::fs::create_dir_checked(parent, name, TARGET_DIR_MODE) {
+            match loam_sys::fs::create_dir_checked_unsynced(parent, name, TARGET_DIR_MODE) {
                 Ok(created) => created,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return Err(Error::Precondition(format!(
@@ -669,11 +641,7 @@ impl Engine {
         };
         let _guard = self.lock(&vid)?;
         match pool.backend.attached(&rec.backing(&vid.file_stem()))? {
-            Some(att) => {
-                let table = self.mount_table()?;
-                let srcs = sources(&table, &att);
-                self.unmount_all(target, &srcs, volume_id, table)?;
-            }
+            Some(att) => self.unmount_all(target, &self.shows(&att)?, volume_id)?,
             None => self.unmount_by_note(
                 volume_id,
                 target,
@@ -693,14 +661,15 @@ impl Engine {
         let (vid, pool, rec) = self.lookup(volume_id)?;
         let stem = vid.file_stem();
         let att = pool.backend.attached(&rec.backing(&stem))?;
-        let table = self.mount_table()?;
-        let shown = att
-            .as_ref()
-            .is_some_and(|a| uses(&table, a).iter().any(|m| m.mount_point == path));
+        let at = self.mounted_at(path)?;
+        let shown = match (&att, &at) {
+            (Some(a), Some(m)) => self.shows(a)?.iter().any(|s| s.matches(m)),
+            _ => false,
+        };
         if !shown {
             // A mount loam made for this volume that no longer shows its backing: the image file was deleted or
             // replaced under a mounted loop device. Say so rather than "not here".
-            if table.is_mount_point(path) && self.notes.get(path).is_some_and(|n| n.volume_id == volume_id) {
+            if at.is_some() && self.notes.get(path).is_some_and(|n| n.volume_id == volume_id) {
                 let why = pool.backend.check(&rec.backing(&stem)).unwrap_or_else(|| {
                     format!(
                         "the device mounted at {} is no longer attached to the volume's backing",

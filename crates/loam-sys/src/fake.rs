@@ -118,6 +118,18 @@ impl Default for FakeHost {
     }
 }
 
+/// The fake's identity of a directory: its device and a hash of its path within that device, so a mount shows
+/// what its source path is, as with real inodes.
+fn fake_id(major: u32, minor: u32, root: &Path) -> crate::mount::FileId {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut h);
+    crate::mount::FileId {
+        dev: rustix::fs::makedev(major, minor),
+        ino: h.finish(),
+    }
+}
+
 fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
@@ -351,6 +363,26 @@ impl Host for FakeHost {
         let mut st = self.state();
         self.enter(&mut st, "is_mount_point", path.display().to_string())?;
         Ok(st.mounts.iter().any(|m| m.mount_point == path))
+    }
+
+    fn mounted_at(&self, path: &Path) -> io::Result<Option<crate::mount::MountedAt>> {
+        let mut st = self.state();
+        self.enter(&mut st, "mounted_at", path.display().to_string())?;
+        Ok(MountTable::new(st.mounts.clone())
+            .top_mount_at(path)
+            .map(|m| crate::mount::MountedAt {
+                root: fake_id(m.major, m.minor, &m.root),
+                read_only: m.is_read_only(),
+            }))
+    }
+
+    fn file_id(&self, path: &Path) -> io::Result<crate::mount::FileId> {
+        let mut st = self.state();
+        self.enter(&mut st, "file_id", path.display().to_string())?;
+        let src = MountTable::new(st.mounts.clone())
+            .source_of(path)
+            .ok_or_else(|| errno(rustix::io::Errno::NOENT.raw_os_error()))?;
+        Ok(fake_id(src.major, src.minor, &src.root))
     }
 
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {

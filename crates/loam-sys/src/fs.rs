@@ -203,6 +203,16 @@ pub fn remove_file_durable(dir: &Path, name: &str) -> io::Result<()> {
 /// have been changed deliberately since). A symlink or non-directory in the
 /// way is an error of kind [`io::ErrorKind::AlreadyExists`].
 pub fn create_dir_checked(parent: &Path, name: &str, mode: u32) -> io::Result<bool> {
+    create_dir(parent, name, mode, true)
+}
+
+/// [`create_dir_checked`] without making the new entry durable: for directories whose loss in a crash loses
+/// nothing (a publish target, which the mount on it outlives only until the next boot).
+pub fn create_dir_checked_unsynced(parent: &Path, name: &str, mode: u32) -> io::Result<bool> {
+    create_dir(parent, name, mode, false)
+}
+
+fn create_dir(parent: &Path, name: &str, mode: u32, durable: bool) -> io::Result<bool> {
     check_component(name)?;
     let path = parent.join(name);
     let parent_fd = open_dir(parent, OFlags::NOFOLLOW)?;
@@ -213,7 +223,9 @@ pub fn create_dir_checked(parent: &Path, name: &str, mode: u32) -> io::Result<bo
                 .map_err(|e| crate::context(e, format!("opening {}", path.display())))?;
             // mkdir applies the umask; set what was asked for.
             fchmod(&fd, mode).map_err(|e| crate::context(e, format!("chmod of {}", path.display())))?;
-            fsync_fd(&parent_fd, parent)?;
+            if durable {
+                fsync_fd(&parent_fd, parent)?;
+            }
             Ok(true)
         }
         Err(Errno::EXIST) => {

@@ -10,6 +10,7 @@
 
 use std::{fmt, io, path::Path};
 
+pub use crate::mount::{FileId, MountedAt};
 pub use crate::{
     btrfs::{Qgroup, QuotaMode},
     loopdev::{LoopConfig, LoopDevice},
@@ -24,6 +25,10 @@ pub trait Host: Send + Sync + fmt::Debug {
     /// Whether something is mounted at `path`, asked without reading the whole mount table where the kernel
     /// can tell.
     fn is_mount_point(&self, path: &Path) -> io::Result<bool>;
+    /// What the topmost mount at `path` shows, asked of the path alone: `None` when nothing is mounted there.
+    fn mounted_at(&self, path: &Path) -> io::Result<Option<MountedAt>>;
+    /// The identity of `path` itself: what a mount of it shows at its root.
+    fn file_id(&self, path: &Path) -> io::Result<FileId>;
     /// Bind-mounts `source` (a directory, or a device node onto a file) on `target`, read-only if asked.
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()>;
     /// Mounts the filesystem on `device` at `target` (`options`: allow-listed CSI mount flags).
@@ -114,6 +119,14 @@ impl Host for RealHost {
 
     fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
         crate::mount::is_mount_point(path)
+    }
+
+    fn mounted_at(&self, path: &Path) -> io::Result<Option<MountedAt>> {
+        crate::mount::mounted_at(path)
+    }
+
+    fn file_id(&self, path: &Path) -> io::Result<FileId> {
+        crate::mount::file_id(path)
     }
 
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {

@@ -158,6 +158,71 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// The identity of a file or directory (device and inode): what a mount of it shows at its root, so two paths
+/// show the same thing exactly when their identities are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The topmost mount at a path, as the path itself tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountedAt {
+    /// What the mount shows at its root.
+    pub root: FileId,
+    /// Whether the mount (or its filesystem) is read-only.
+    pub read_only: bool,
+}
+
+/// The device number `stat` gives for device `major:minor`.
+pub fn dev_number(major: u32, minor: u32) -> u64 {
+    rustix::fs::makedev(major, minor)
+}
+
+fn file_id_of(st: &rustix::fs::Statx) -> FileId {
+    FileId {
+        dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+    }
+}
+
+/// The identity of `path` itself (a symlink is not followed).
+pub fn file_id(path: &Path) -> io::Result<FileId> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO)
+        .map(|st| file_id_of(&st))
+        .map_err(|e| crate::context(e, format!("stat of {}", path.display())))
+}
+
+/// What the topmost mount at `path` shows, from `statx` and `statvfs` of the path alone: `None` when nothing is
+/// mounted there or the path does not exist. Where the kernel does not say whether a path is a mount root (before
+/// Linux 5.8), the mount table does. A symlink at `path` is not followed.
+pub fn mounted_at(path: &Path) -> io::Result<Option<MountedAt>> {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statvfs, statx};
+    let st = match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(crate::context(e, format!("stat of {}", path.display()))),
+    };
+    let root = if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+        st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    } else {
+        crate::mountinfo::MountTable::read_self()?.is_mount_point(path)
+    };
+    if !root {
+        return Ok(None);
+    }
+    let read_only = statvfs(path)
+        .map_err(|e| crate::context(e, format!("statvfs of {}", path.display())))?
+        .f_flag
+        .contains(StatVfsMountFlags::RDONLY);
+    Ok(Some(MountedAt {
+        root: file_id_of(&st),
+        read_only,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
