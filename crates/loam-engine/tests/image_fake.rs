@@ -506,3 +506,61 @@ fn a_block_volume_whose_device_lost_its_file_still_unpublishes_and_unstages() {
         "the staging directory is left empty"
     );
 }
+
+#[test]
+fn interrupted_creates_and_deletes_of_images_are_finished_at_start_up() {
+    use std::io::{Seek, SeekFrom, Write};
+    let s = Setup::new();
+    let e = s.open();
+    let kept = create(&e, "kept", 10 * MIB, mount_cap(""));
+    let halfway = create(&e, "halfway", 10 * MIB, mount_cap(""));
+    let deleted = create(&e, "deleted", 10 * MIB, mount_cap(""));
+    e.delete_volume(&deleted).unwrap();
+    let volumes = s.root.join("img/volumes");
+    // A delete leaves neither the image nor anything set aside, and writes no intent: only the kept records.
+    let mut left: Vec<String> = std::fs::read_dir(&volumes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut want = vec![format!("{}.img", hex(&kept)), format!("{}.img", hex(&halfway))];
+    want.sort();
+    assert_eq!(left, want);
+    drop(e);
+    // A delete that crashed after setting the image aside, with its record still there.
+    std::fs::rename(
+        s.image(&halfway),
+        volumes.join(format!(".deleting-{}.img", hex(&halfway))),
+    )
+    .unwrap();
+    // A delete that crashed after its record was removed, before the image went.
+    let orphan_aside = volumes.join(".deleting-0000000000000000000000000000abcd.img");
+    std::fs::write(&orphan_aside, b"data").unwrap();
+    // Creates that crashed before their record: one image never written to, one that holds data.
+    let empty = volumes.join("0000000000000000000000000000e000.img");
+    std::fs::File::create(&empty).unwrap().set_len(10 * MIB).unwrap();
+    let written = volumes.join("0000000000000000000000000000d000.img");
+    let mut f = std::fs::File::create(&written).unwrap();
+    f.set_len(10 * MIB).unwrap();
+    f.seek(SeekFrom::Start(MIB)).unwrap();
+    f.write_all(b"someone's data").unwrap();
+    drop(f);
+
+    let e = s.open();
+    assert_eq!(e.repairs(), 1, "the interrupted delete is finished");
+    assert!(matches!(
+        e.get_volume(&halfway),
+        Err(Error::VolumeNotFound { .. })
+    ));
+    assert!(e.get_volume(&kept).is_ok());
+    assert!(s.image(&kept).exists());
+    assert!(!orphan_aside.exists());
+    assert!(!empty.exists(), "an image no one wrote to is removed");
+    assert!(written.exists(), "an image holding data is left for an operator");
+    assert!(!volumes.join(format!(".deleting-{}.img", hex(&halfway))).exists());
+    let (ids, _) = e.list_volumes("", 0).unwrap();
+    assert_eq!(
+        ids.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        vec![kept.as_str()]
+    );
+}

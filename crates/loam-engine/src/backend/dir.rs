@@ -489,8 +489,8 @@ pub(crate) fn list_names(dir: &Path, suffix: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The prefix a volume directory is renamed with while it is being removed.
-const DELETING: &str = ".deleting-";
+/// The prefix a volume's directory (or image file) is renamed with while it is being removed.
+pub(crate) const DELETING: &str = ".deleting-";
 
 /// Why `dir` cannot hold new volumes: not a directory, or not writable.
 pub(crate) fn writable_dir_problem(dir: &Path) -> Option<String> {

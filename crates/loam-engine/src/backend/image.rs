@@ -9,13 +9,13 @@
 use std::{
     io,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
 use loam_sys::host::{Host, LoopConfig, LoopDevice};
 
-use super::{Attachment, Backend, Device, ProvisionSpec, Usage, VolumeRef};
+use super::{Attachment, Backend, Device, ProvisionSpec, Usage, VolumeRef, dir::DELETING};
 use crate::{
     capability::{self, Refusal},
     error::{Error, IoContext, Result},
@@ -60,6 +60,28 @@ impl ImageBackend {
             .ctx(|| format!("finding the loop devices of {}", file.display()))
     }
 
+    /// Detaches and removes `volumes/<name>`, an image set aside for removal. The removal is not flushed: if a
+    /// crash undoes it, start-up finds the image still set aside and removes it again.
+    fn remove_aside(&self, name: &str) -> Result<()> {
+        let path = self.volumes.join(name);
+        for l in self
+            .host
+            .loop_find(&path)
+            .ctx(|| format!("finding the loop devices of {}", path.display()))?
+        {
+            self.host
+                .loop_detach(&l)
+                .ctx(|| format!("detaching loop device {}", l.path.display()))?;
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io {
+                op: format!("removing image file {}", path.display()),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn make_file(&self, stem: &str, size: u64) -> io::Result<()> {
         let path = self.file(stem);
         let file = std::fs::OpenOptions::new()
@@ -80,6 +102,20 @@ impl ImageBackend {
         }
         file.sync_all()?;
         loam_sys::fs::fsync_dir(&self.volumes)
+    }
+}
+
+/// Whether `file` holds no data at all: every byte reads as zero because none was ever written (a hole, or an
+/// allocated but unwritten extent), as the filesystem tells with `SEEK_DATA`.
+fn holds_no_data(file: &Path) -> io::Result<bool> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(file)?;
+    match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)) {
+        Err(rustix::io::Errno::NXIO) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -140,11 +176,67 @@ impl Backend for ImageBackend {
         })
     }
 
+    /// Sets the image aside durably as `.deleting-<stem>.img` before removing it, so a delete interrupted at any
+    /// point is recognised and finished at start-up, and the record needs no intent written first.
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
-        let stem = v.stem;
+        let name = Self::file_name(v.stem);
+        let doomed = format!("{DELETING}{name}");
         self.detach(v)?;
-        loam_sys::fs::remove_file_durable(&self.volumes, &Self::file_name(stem))
-            .ctx(|| format!("removing image file {}", self.file(stem).display()))
+        match loam_sys::fs::rename_durable(&self.volumes, &name, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    op: format!("setting {} aside for removal", self.file(v.stem).display()),
+                    source: e,
+                });
+            }
+        }
+        self.remove_aside(&doomed)
+    }
+
+    /// No intent records: a create interrupted before its record leaves an image that holds no data, and a delete
+    /// leaves `.deleting-<stem>.img`; start-up tells both apart from volumes ([`Backend::reclaim`]).
+    fn intent_records(&self) -> bool {
+        false
+    }
+
+    fn interrupted_delete(&self, v: &VolumeRef<'_>) -> bool {
+        std::fs::symlink_metadata(self.file(v.stem)).is_err()
+            && std::fs::symlink_metadata(
+                self.volumes
+                    .join(format!("{DELETING}{}", Self::file_name(v.stem))),
+            )
+            .is_ok()
+    }
+
+    /// Removes what interrupted creates and deletes left: an image set aside for removal, and an image without a
+    /// record that holds no data (its create never answered, so nothing wrote to it). An image without a record
+    /// that holds data is left for an operator.
+    fn reclaim(&self, known: &std::collections::HashSet<String>) -> Result<Vec<String>> {
+        let mut left = Vec::new();
+        for stem in self.backings()? {
+            if let Some(of) = stem.strip_prefix(DELETING) {
+                if !known.contains(of) {
+                    self.remove_aside(&format!("{stem}{SUFFIX}"))?;
+                }
+                continue;
+            }
+            if known.contains(&stem) || stem.starts_with('.') {
+                continue;
+            }
+            match holds_no_data(&self.file(&stem)) {
+                Ok(true) => {
+                    tracing::info!(backing = %stem, "removing the empty image of a create that did not finish");
+                    let doomed = format!("{DELETING}{}", Self::file_name(&stem));
+                    loam_sys::fs::rename_durable(&self.volumes, &Self::file_name(&stem), &doomed)
+                        .ctx(|| format!("setting {} aside for removal", self.file(&stem).display()))?;
+                    self.remove_aside(&doomed)?;
+                }
+                _ => left.push(stem),
+            }
+        }
+        Ok(left)
     }
 
     fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
