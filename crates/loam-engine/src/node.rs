@@ -231,8 +231,11 @@ impl Engine {
         let att = pool.backend.attach(&rec.backing(&stem))?;
         let id = &req.volume_id;
         // Whatever fails from here leaves the volume attached only if something shows it.
+        let blank = matches!(att, Attachment::Device(_))
+            && matches!(req.capability.access, AccessType::Mount { .. })
+            && pool.backend.holds_no_data(&rec.backing(&stem));
         let done = self
-            .stage_attached(&rec, &att, req, read_only)
+            .stage_attached(&rec, &att, req, read_only, blank)
             .inspect_err(|_| self.detach_if_unused(&pool, &rec, &stem, &att))?;
         if done {
             return self.check_note(staging, id, &req.capability, read_only, "staged");
@@ -247,13 +250,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Stages an attached volume at `req.staging_path`; `Ok(true)` when it already was (a repeat).
+    /// Stages an attached volume at `req.staging_path`; `Ok(true)` when it already was (a repeat). `blank`: the
+    /// backend knows the volume holds no data, so there is no filesystem to probe for before formatting.
     fn stage_attached(
         &self,
         rec: &VolumeRecord,
         att: &Attachment,
         req: &StageRequest,
         read_only: bool,
+        blank: bool,
     ) -> Result<bool> {
         let id = &req.volume_id;
         let staging = &req.staging_path;
@@ -272,7 +277,7 @@ impl Engine {
                 if self.already_mounted(staging, fs_of(dev), read_only, id, "staged")? {
                     true
                 } else {
-                    self.format_and_mount(rec, dev, staging, &req.capability, read_only)?;
+                    self.format_and_mount(rec, dev, staging, &req.capability, read_only, blank)?;
                     false
                 }
             }
@@ -302,6 +307,7 @@ impl Engine {
     }
 
     /// Formats the device if it holds nothing (never when it holds a filesystem), then mounts it at `staging`.
+    /// `blank`: known to hold no data, so not probed.
     fn format_and_mount(
         &self,
         rec: &VolumeRecord,
@@ -309,12 +315,16 @@ impl Engine {
         staging: &Path,
         cap: &Capability,
         read_only: bool,
+        blank: bool,
     ) -> Result<()> {
         let asked = capability::fs_type(cap).or(rec.fs_type.as_deref());
-        let found = self
-            .host
-            .signature(&dev.path)
-            .ctx(|| format!("probing {} for a filesystem", dev.path.display()))?;
+        let found = if blank {
+            None
+        } else {
+            self.host
+                .signature(&dev.path)
+                .ctx(|| format!("probing {} for a filesystem", dev.path.display()))?
+        };
         let fs_type = match (found.as_deref(), asked) {
             (None, _) => {
                 let fs_type = asked.unwrap_or(capability::FS_TYPES[0]);

@@ -122,6 +122,11 @@ fn filesystem_volume_is_formatted_once_mounted_and_bind_published() {
     );
     assert_eq!(s.host.calls_of("mkfs"), ["mkfs /dev/loop0 ext4"]);
     assert_eq!(
+        s.count("signature"),
+        0,
+        "an image holding no data is formatted without a probe"
+    );
+    assert_eq!(
         s.host.calls_of("mount"),
         [format!("mount /dev/loop0 {} ext4 [] ro=false", staging.display())]
     );
@@ -147,6 +152,11 @@ fn filesystem_volume_is_formatted_once_mounted_and_bind_published() {
         ),
         (1, 1, 1, 1)
     );
+    assert_eq!(
+        s.count("loop_find"),
+        0,
+        "a new image is known to be detached, and its device once attached is asked about alone"
+    );
     assert!(e.stats(&id, &target).unwrap().inodes.is_some());
     // Delete while in use is refused, with where.
     match e.delete_volume(&id) {
@@ -160,6 +170,15 @@ fn filesystem_volume_is_formatted_once_mounted_and_bind_published() {
         s.host.loops().is_empty(),
         "unstage detaches once nothing uses the device"
     );
+    e.unstage(&id, &staging).unwrap();
+    assert_eq!(
+        s.count("loop_find"),
+        2,
+        "stats (for a second device) and detaching look at every device, once each"
+    );
+    // Staged again, it holds a filesystem now: probed, found, and mounted without formatting.
+    stage(&e, &id, &staging, &cap).unwrap();
+    assert_eq!((s.count("signature"), s.count("mkfs")), (1, 1));
     e.unstage(&id, &staging).unwrap();
     e.delete_volume(&id).unwrap();
     assert!(!img.exists());

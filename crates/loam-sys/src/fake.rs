@@ -514,6 +514,16 @@ impl Host for FakeHost {
             .collect())
     }
 
+    fn loop_backs(&self, dev: &LoopDevice, file: &Path) -> io::Result<bool> {
+        let mut st = self.state();
+        self.enter(
+            &mut st,
+            "loop_backs",
+            format!("{} {}", dev.path.display(), file.display()),
+        )?;
+        Ok(st.loops.get(&dev.number).is_some_and(|l| l.backing == file))
+    }
+
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()> {
         let mut st = self.state();
         self.enter(&mut st, "loop_detach", dev.path.display().to_string())?;
@@ -566,6 +576,13 @@ impl Host for FakeHost {
             return Ok(());
         }
         let file = Self::backing_of(&st, device)?;
+        // Like a real mkfs, it writes to the device, so the backing file holds data from now on.
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&file)?;
+            f.seek(SeekFrom::Start(1024))?;
+            f.write_all(format!("fake {fs_type} superblock").as_bytes())?;
+        }
         st.formatted.insert(file, fs_type.to_owned());
         Ok(())
     }

@@ -48,6 +48,8 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn loop_attach(&self, file: &Path, cfg: &LoopConfig) -> io::Result<LoopDevice>;
     /// The loop devices backed by `file` now.
     fn loop_find(&self, file: &Path) -> io::Result<Vec<LoopDevice>>;
+    /// Whether loop device `dev` is backed by `file` now (one device asked, none scanned).
+    fn loop_backs(&self, dev: &LoopDevice, file: &Path) -> io::Result<bool>;
     /// Detaches a loop device; one that is not attached counts as detached.
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()>;
     /// How many loop devices are bound to files under `dir`.
@@ -158,6 +160,10 @@ impl Host for RealHost {
 
     fn loop_find(&self, file: &Path) -> io::Result<Vec<LoopDevice>> {
         crate::loopdev::find(file)
+    }
+
+    fn loop_backs(&self, dev: &LoopDevice, file: &Path) -> io::Result<bool> {
+        crate::loopdev::backs(dev, file)
     }
 
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()> {

@@ -355,6 +355,25 @@ pub fn find(file: &Path) -> io::Result<Vec<LoopDevice>> {
     Ok(found)
 }
 
+/// Whether loop device `dev` is backed by `file` now: [`find`]'s test of one device, without looking at the
+/// others.
+pub fn backs(dev: &LoopDevice, file: &Path) -> io::Result<bool> {
+    let canonical = match fs::canonicalize(file) {
+        Ok(p) => p,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(crate::context(e, format!("resolving {}", file.display()))),
+    };
+    let st = match rustix::fs::stat(&canonical) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(crate::context(e, format!("stat of {}", canonical.display()))),
+    };
+    if !backed_by_path(dev.number, &canonical)? {
+        return Ok(false);
+    }
+    Ok(confirm(dev.number, &canonical, &st)?.is_some_and(|d| d == *dev))
+}
+
 /// The numbers of the loop devices in `/sys/block`.
 fn loop_numbers() -> io::Result<Vec<u32>> {
     let entries = fs::read_dir("/sys/block").map_err(|e| crate::context(e, "listing /sys/block"))?;

@@ -7,10 +7,11 @@
 //! autoclear, and found again after a restart through sysfs, so a volume is never attached twice.
 
 use std::{
+    collections::HashMap,
     io,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use loam_sys::host::{Host, LoopConfig, LoopDevice};
@@ -32,6 +33,16 @@ pub struct ImageBackend {
     volumes: PathBuf,
     allocation: Allocation,
     host: Arc<dyn Host>,
+    /// What this process last learnt of each volume's loop device, so that most calls ask sysfs about one device
+    /// (or none) instead of looking at every loop device on the node. Filled by scans, attaches and detaches; a
+    /// remembered device is confirmed before it is used, and a process starts knowing nothing.
+    known: Mutex<HashMap<String, Known>>,
+}
+
+#[derive(Debug, Clone)]
+enum Known {
+    Attached(LoopDevice),
+    Detached,
 }
 
 impl ImageBackend {
@@ -41,6 +52,7 @@ impl ImageBackend {
             volumes,
             allocation,
             host,
+            known: Mutex::default(),
         }
     }
 
@@ -53,11 +65,61 @@ impl ImageBackend {
         self.volumes.join(Self::file_name(stem))
     }
 
+    fn remember(&self, stem: &str, k: Option<Known>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        match k {
+            Some(k) => known.insert(stem.to_owned(), k),
+            None => known.remove(stem),
+        };
+    }
+
+    fn known_detached(&self, stem: &str) -> bool {
+        matches!(
+            self.known.lock().unwrap_or_else(|e| e.into_inner()).get(stem),
+            Some(Known::Detached)
+        )
+    }
+
+    /// Every loop device backed by the volume's image, from a look at all of them.
     fn loops(&self, stem: &str) -> Result<Vec<LoopDevice>> {
         let file = self.file(stem);
-        self.host
+        let found = self
+            .host
             .loop_find(&file)
-            .ctx(|| format!("finding the loop devices of {}", file.display()))
+            .ctx(|| format!("finding the loop devices of {}", file.display()))?;
+        self.remember(
+            stem,
+            Some(match found.first() {
+                Some(l) => Known::Attached(l.clone()),
+                None => Known::Detached,
+            }),
+        );
+        Ok(found)
+    }
+
+    /// The volume's loop device, if it has one: the remembered one once confirmed, else from a look at all.
+    fn first_loop(&self, stem: &str) -> Result<Option<LoopDevice>> {
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stem)
+            .cloned();
+        match known {
+            Some(Known::Detached) => return Ok(None),
+            Some(Known::Attached(l)) => {
+                let file = self.file(stem);
+                if self
+                    .host
+                    .loop_backs(&l, &file)
+                    .ctx(|| format!("checking loop device {}", l.path.display()))?
+                {
+                    return Ok(Some(l));
+                }
+            }
+            None => {}
+        }
+        Ok(self.loops(stem)?.into_iter().next())
     }
 
     /// Detaches and removes `volumes/<name>`, an image set aside for removal. The removal is not flushed: if a
@@ -73,13 +135,7 @@ impl ImageBackend {
                 .loop_detach(&l)
                 .ctx(|| format!("detaching loop device {}", l.path.display()))?;
         }
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io {
-                op: format!("removing image file {}", path.display()),
-                source: e,
-            }),
-            _ => Ok(()),
-        }
+        remove_file_unsynced(&path)
     }
 
     fn make_file(&self, stem: &str, size: u64) -> io::Result<()> {
@@ -102,6 +158,17 @@ impl ImageBackend {
         }
         file.sync_all()?;
         loam_sys::fs::fsync_dir(&self.volumes)
+    }
+}
+
+/// Removes `path`; a file already gone counts as removed.
+fn remove_file_unsynced(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io {
+            op: format!("removing image file {}", path.display()),
+            source: e,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -158,7 +225,11 @@ impl Backend for ImageBackend {
 
     fn provision(&self, spec: &ProvisionSpec<'_>) -> Result<()> {
         let path = self.file(spec.stem);
-        self.make_file(spec.stem, spec.capacity_bytes).map_err(|e| {
+        let made = self.make_file(spec.stem, spec.capacity_bytes);
+        if made.is_ok() {
+            self.remember(spec.stem, Some(Known::Detached));
+        }
+        made.map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
                 // The filesystem had less room than it said (another writer took it meanwhile).
                 let _ = std::fs::remove_file(&path);
@@ -181,10 +252,17 @@ impl Backend for ImageBackend {
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
         let name = Self::file_name(v.stem);
         let doomed = format!("{DELETING}{name}");
-        self.detach(v)?;
+        // Every device is detached, found by a look at all of them: none may outlive the file.
+        for l in self.loops(v.stem)? {
+            self.host
+                .loop_detach(&l)
+                .ctx(|| format!("detaching loop device {}", l.path.display()))?;
+        }
+        self.remember(v.stem, None);
         match loam_sys::fs::rename_durable(&self.volumes, &name, &doomed) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Set aside by an earlier attempt, which may have been interrupted before it detached everything.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.remove_aside(&doomed),
             Err(e) => {
                 return Err(Error::Io {
                     op: format!("setting {} aside for removal", self.file(v.stem).display()),
@@ -192,7 +270,7 @@ impl Backend for ImageBackend {
                 });
             }
         }
-        self.remove_aside(&doomed)
+        remove_file_unsynced(&self.volumes.join(&doomed))
     }
 
     /// No intent records: a create interrupted before its record leaves an image that holds no data, and a delete
@@ -253,6 +331,8 @@ impl Backend for ImageBackend {
                 path.display(),
                 m.len()
             )),
+            // A volume this process detached (or made) has no device unless one was attached behind its back.
+            Ok(_) if self.known_detached(stem) => None,
             Ok(_) => match self.loops(stem) {
                 Ok(l) if l.len() > 1 => Some(format!(
                     "{} is attached to {} loop devices ({}); loam attaches it once",
@@ -288,8 +368,8 @@ impl Backend for ImageBackend {
 
     fn attach(&self, v: &VolumeRef<'_>) -> Result<Attachment> {
         let stem = v.stem;
-        if let Some(l) = self.loops(stem)?.first() {
-            return Ok(device(l));
+        if let Some(l) = self.first_loop(stem)? {
+            return Ok(device(&l));
         }
         let file = self.file(stem);
         let cfg = LoopConfig {
@@ -302,13 +382,20 @@ impl Backend for ImageBackend {
             .loop_attach(&file, &cfg)
             .ctx(|| format!("attaching {} to a loop device", file.display()))?;
         tracing::debug!(file = %file.display(), device = %l.path.display(), "loop device attached");
+        self.remember(stem, Some(Known::Attached(l.clone())));
         Ok(device(&l))
     }
 
-    fn attached(&self, v: &VolumeRef<'_>) -> Result<Option<Attachment>> {
-        Ok(self.loops(v.stem)?.first().map(device))
+    /// The image file holds no data at all (`SEEK_DATA` finds none): a new volume, formatted without probing.
+    fn holds_no_data(&self, v: &VolumeRef<'_>) -> bool {
+        holds_no_data(&self.file(v.stem)).unwrap_or(false)
     }
 
+    fn attached(&self, v: &VolumeRef<'_>) -> Result<Option<Attachment>> {
+        Ok(self.first_loop(v.stem)?.as_ref().map(device))
+    }
+
+    /// Detaches every loop device of the volume, found by a look at all of them.
     fn detach(&self, v: &VolumeRef<'_>) -> Result<()> {
         for l in self.loops(v.stem)? {
             self.host
@@ -316,6 +403,7 @@ impl Backend for ImageBackend {
                 .ctx(|| format!("detaching loop device {}", l.path.display()))?;
             tracing::debug!(device = %l.path.display(), "loop device detached");
         }
+        self.remember(v.stem, Some(Known::Detached));
         Ok(())
     }
 }

@@ -195,6 +195,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Undoes `attach`; succeeds when nothing is attached.
     fn detach(&self, v: &VolumeRef<'_>) -> Result<()>;
+
+    /// Whether the backend knows for certain that nothing was ever written to the volume (so there is no
+    /// filesystem on it to probe for before formatting); `false` when it cannot tell.
+    fn holds_no_data(&self, _v: &VolumeRef<'_>) -> bool {
+        false
+    }
 }
 
 /// An entry of a pool that hands out whole entries, as [`Backend::entries`] lists it.
