@@ -61,9 +61,13 @@ fn bench_runs_full_cycles_with_no_errors_and_times_every_rpc() {
             &pid,
             "--floor",
             &s(&floor),
+            // 5, 5, 5, 5 and 4 cycles, the driver's and the floor's in turn.
+            "--rounds",
+            "5",
         ],
     );
     assert!(out.status.success(), "{doc:#}");
+    assert_eq!(doc["rounds"], 5, "{doc:#}");
     assert_eq!(doc["cycles_done"], 24, "{doc:#}");
     assert_eq!(doc["cycles_failed"], 0);
     assert_eq!(doc["errors"], serde_json::json!({}));

@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// The pool kind the floor does the work of.
     #[arg(long, value_enum, default_value_t = FloorKind::Dir, requires = "floor")]
     pub floor_kind: FloorKind,
+    /// Split the cycles into this many rounds, the driver's and the floor's taking turns, so that both meet the
+    /// same conditions on a shared machine; the figures are over all rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -126,6 +130,12 @@ impl Outcome {
         self.errors.values().sum()
     }
 
+    /// Adds another run's figures, its time included.
+    fn add_run(&mut self, other: Outcome) {
+        self.elapsed += other.elapsed;
+        self.merge(other);
+    }
+
     fn merge(&mut self, other: Outcome) {
         self.cycles_done += other.cycles_done;
         self.cycles_failed += other.cycles_failed;
@@ -156,6 +166,22 @@ impl FloorOutcome {
     pub fn cycles_per_second(&self) -> f64 {
         self.cycles_done as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// Adds another round's figures.
+    fn add_run(&mut self, other: FloorOutcome) {
+        self.cycles_done += other.cycles_done;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Cycles of round `r` of `rounds` when `total` are shared out as evenly as can be.
+fn round_share(total: u64, rounds: u64, r: u64) -> u64 {
+    total / rounds + u64::from(r < total % rounds)
 }
 
 struct Worker {
@@ -499,6 +525,47 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
 }
 
+/// The driver's cycles and the floor's, taking turns for `--rounds` rounds: the driver's outcome, its CPU time
+/// and last sample, and the floor's outcome.
+async fn rounds(
+    args: &BenchArgs,
+    work: &Path,
+) -> anyhow::Result<(Outcome, Option<(Duration, ProcSample)>, Option<FloorOutcome>)> {
+    let mut out = Outcome::default();
+    let mut driver: Option<(Duration, ProcSample)> = None;
+    let mut fl: Option<FloorOutcome> = None;
+    for r in 0..args.rounds {
+        let mut a = args.clone();
+        a.cycles = round_share(args.cycles, args.rounds, r);
+        if a.cycles == 0 {
+            continue;
+        }
+        let sample = || {
+            args.pid
+                .map(ProcSample::read)
+                .transpose()
+                .context("reading the driver's /proc")
+        };
+        let before = sample()?;
+        let o = drive(&a, work).await?;
+        let after = sample()?;
+        out.add_run(o);
+        if let (Some(b), Some(after)) = (before, after) {
+            let cpu = after.cpu.saturating_sub(b.cpu) + driver.as_ref().map_or(Duration::ZERO, |d| d.0);
+            driver = Some((cpu, after));
+        }
+        if let Some(dir) = &args.floor {
+            let dir = dir.clone();
+            let f = tokio::task::spawn_blocking(move || floor(&a, &dir)).await??;
+            match &mut fl {
+                Some(total) => total.add_run(f),
+                None => fl = Some(f),
+            }
+        }
+    }
+    Ok((out, driver, fl))
+}
+
 /// `loam bench`: exit status 0 when every cycle succeeded (the driver's and the floor's).
 pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.floor.is_some() && !rustix::process::geteuid().is_root() {
@@ -538,33 +605,18 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         None
     };
     let resident_rss = args.pid.map(ProcSample::read).transpose().ok().flatten();
-    let before = args
-        .pid
-        .map(ProcSample::read)
-        .transpose()
-        .context("reading the driver's /proc")?;
-    let out = if args.cycles > 0 {
-        drive(&args, &work).await
-    } else {
-        Ok(Outcome::default())
+    let (out, driver, fl) = match rounds(&args, &work).await {
+        Ok(done) => done,
+        Err(e) => {
+            if made {
+                let _ = std::fs::remove_dir(&work);
+            }
+            return Err(e);
+        }
     };
-    let after = args
-        .pid
-        .map(ProcSample::read)
-        .transpose()
-        .context("reading the driver's /proc")?;
     if made {
         let _ = std::fs::remove_dir(&work);
     }
-    let out = out?;
-    let driver = before.zip(after).map(|(b, a)| (a.cpu.saturating_sub(b.cpu), a));
-    let fl = match &args.floor {
-        Some(dir) => {
-            let (a, dir) = (args.clone(), dir.clone());
-            Some(tokio::task::spawn_blocking(move || floor(&a, &dir)).await??)
-        }
-        None => None,
-    };
     let mut report = report(&args, &out, driver, fl.as_ref());
     if let Some((channel, res)) = &resident {
         report["resident"] = res.json();
@@ -624,6 +676,7 @@ pub fn report(
         "mode": if args.block { "block" } else { "mount" },
         "size_bytes": args.size,
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
         "cycles": args.cycles,
         "cycles_done": out.cycles_done,
         "cycles_failed": out.cycles_failed,
@@ -702,12 +755,17 @@ fn print_report(
     fl: Option<&FloorOutcome>,
 ) {
     println!(
-        "{} cycles of {} volumes ({} bytes) at concurrency {} against {}",
+        "{} cycles of {} volumes ({} bytes) at concurrency {} against {}{}",
         args.cycles,
         if args.block { "block" } else { "mount" },
         args.size,
         args.concurrency,
-        args.endpoint
+        args.endpoint,
+        if args.rounds > 1 && fl.is_some() {
+            format!(", in {} rounds taking turns with the floor", args.rounds)
+        } else {
+            String::new()
+        }
     );
     println!(
         "driver: {:.1} cycles/s, {} done, {} failed, {:.2} s",
