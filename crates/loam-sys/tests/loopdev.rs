@@ -16,7 +16,7 @@ use std::{
 use common::{CONFIG, MIB, image, installed, setup};
 use loam_sys::{
     blockdev::{logical_block_size, size_bytes},
-    loopdev::{LoopConfig, LoopDevice, attach, detach, direct_io, find},
+    loopdev::{LoopConfig, LoopDevice, attach, backs, detach, direct_io, find},
     mkfs::{make, signature},
     mount::{mount_fs, unmount},
     mountinfo::{MountInfo, MountTable},
@@ -271,15 +271,21 @@ fn a_replaced_or_deleted_file_is_not_found() {
     // Deleted and recreated: sysfs shows "<path> (deleted)".
     let img = image(&base, "img", 16 * MIB);
     let dev = attached.attach(&img, &CONFIG);
+    assert!(backs(&dev, &img).unwrap());
+    let other = image(&base, "other", 16 * MIB);
+    assert!(!backs(&dev, &other).unwrap(), "another file");
     fs::remove_file(&img).unwrap();
     assert_not_found(&img);
+    assert!(!backs(&dev, &img).unwrap(), "the path is gone");
     image(&base, "img", 16 * MIB);
     assert_eq!(
         sysfs(&dev, "loop/backing_file"),
         format!("{} (deleted)", img.display())
     );
     assert_not_found(&img);
+    assert!(!backs(&dev, &img).unwrap(), "a new file at the path");
     attached.detach(&dev);
+    assert!(!backs(&dev, &other).unwrap());
 }
 
 #[test]
@@ -306,10 +312,13 @@ fn a_different_file_at_the_same_path_is_not_found() {
     fs::write(&img, b"not the image").unwrap();
     assert_eq!(sysfs(&dev, "loop/backing_file"), img.to_string_lossy());
     assert_not_found(&img);
+    assert!(!backs(&dev, &img).unwrap(), "only the inode check tells");
 
     drop(over);
     assert_eq!(find(&img).unwrap(), std::slice::from_ref(&dev));
+    assert!(backs(&dev, &img).unwrap());
     attached.detach(&dev);
+    assert!(!backs(&dev, &img).unwrap(), "detached");
 }
 
 #[test]

@@ -290,3 +290,58 @@ fn is_mount_point_agrees_with_the_mount_table_without_reading_it() {
     unmount(&dst).unwrap();
     assert!(!loam_sys::mount::is_mount_point(&dst).unwrap());
 }
+
+#[test]
+fn mounted_at_tells_what_the_top_mount_shows() {
+    use loam_sys::mount::{file_id, mounted_at};
+    let Some((_dir, base)) = setup("mounted_at_tells_what_the_top_mount_shows") else {
+        return;
+    };
+    let src = mkdir(&base, "src");
+    let other = mkdir(&base, "other");
+    let dst = mkdir(&base, "dst");
+    let link = base.join("link");
+    std::os::unix::fs::symlink(&dst, &link).unwrap();
+    assert_eq!(mounted_at(&dst).unwrap(), None, "a plain directory");
+    assert_eq!(mounted_at(&base.join("missing")).unwrap(), None);
+    assert_ne!(file_id(&src).unwrap(), file_id(&other).unwrap());
+
+    bind(&src, &dst, false).unwrap();
+    let _g = Mounted(dst.clone());
+    let m = mounted_at(&dst).unwrap().expect("a bind mount");
+    assert_eq!(m.root, file_id(&src).unwrap(), "it shows its source");
+    assert_ne!(m.root, file_id(&other).unwrap());
+    assert!(!m.read_only);
+    assert_eq!(mounted_at(&link).unwrap(), None, "a symlink is not followed");
+    assert_eq!(
+        mounted_at(&src).unwrap(),
+        None,
+        "the source of a bind is not a mount"
+    );
+
+    // A read-only bind of something else on top: the top one is what the path shows.
+    bind(&other, &dst, true).unwrap();
+    let _g2 = Mounted(dst.clone());
+    let top = mounted_at(&dst).unwrap().expect("two mounts");
+    assert_eq!(top.root, file_id(&other).unwrap());
+    assert!(top.read_only);
+    unmount(&dst).unwrap();
+    assert_eq!(
+        mounted_at(&dst).unwrap().map(|m| m.root),
+        Some(file_id(&src).unwrap())
+    );
+    unmount(&dst).unwrap();
+    assert_eq!(mounted_at(&dst).unwrap(), None);
+
+    // A file bound onto a file (as a raw block volume is) shows the source file.
+    let node = base.join("node");
+    fs::write(&node, b"").unwrap();
+    let target = base.join("target");
+    fs::write(&target, b"").unwrap();
+    bind(&node, &target, false).unwrap();
+    let _g3 = Mounted(target.clone());
+    assert_eq!(
+        mounted_at(&target).unwrap().map(|m| m.root),
+        Some(file_id(&node).unwrap())
+    );
+}
