@@ -1101,10 +1101,11 @@ async fn loam_delete_volume_while_staged_is_failed_precondition() {
     if !require_root("loam_delete_volume_while_staged_is_failed_precondition") {
         return;
     }
-    let srv = start();
+    let mut srv = start();
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
     let id = create(&mut ctl, "staged", GIB).await.volume_id;
     let staging = srv.staging_dir("staging");
+    let target = srv.target_path("target");
     ok(node.node_stage_volume(stage_req(&id, &staging, snw())).await);
     expect_code(ctl.delete_volume(delete_req(&id)).await, Code::FailedPrecondition);
     assert!(srv.volume_dir(&id).is_dir());
@@ -1112,9 +1113,34 @@ async fn loam_delete_volume_while_staged_is_failed_precondition() {
     assert_eq!(list_ids(&mut ctl).await, vec![id.clone()]);
     assert_eq!(srv.mounts_at(&staging), 1);
 
+    // Published, then the driver restarts: where the volume is mounted is still known, from the notes' log.
+    ok(node
+        .node_publish_volume(publish_req(&id, &staging, &target, snw(), false))
+        .await);
+    drop((ctl, node));
+    srv.restart();
+    let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
+    let st = expect_code(ctl.delete_volume(delete_req(&id)).await, Code::FailedPrecondition);
+    assert!(
+        st.message().contains(staging.to_str().unwrap()) && st.message().contains(target.to_str().unwrap()),
+        "names both places: {}",
+        st.message()
+    );
+    let st = expect_code(
+        node.node_unstage_volume(unstage_req(&id, &staging)).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        st.message().contains(target.to_str().unwrap()),
+        "{}",
+        st.message()
+    );
+    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
+
     ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
     delete(&mut ctl, &id).await;
     assert!(!srv.volume_dir(&id).exists());
+    srv.assert_no_mounts();
 }
 
 #[tokio::test]
