@@ -469,6 +469,32 @@ async fn image_block_volume_published_twice_survives_restart() {
     );
     assert_eq!(the_loop_of(&image), dev);
 
+    // While published, delete and unstage refuse, naming the targets (block targets are files, not directories).
+    let st = expect_code(ctl.delete_volume(delete_req(&id)).await, Code::FailedPrecondition);
+    for t in [&a, &b] {
+        assert!(st.message().contains(&s(t)), "{}", st.message());
+    }
+    let st = expect_code(
+        node.node_unstage_volume(unstage_req(&id, &staging)).await,
+        Code::FailedPrecondition,
+    );
+    assert!(st.message().contains(&s(&a)), "{}", st.message());
+    // A publication that must be the only one is refused while the others stand.
+    let c = srv.target_path("pod-c");
+    let st = expect_code(
+        node.node_publish_volume(publish_req(
+            &id,
+            &staging,
+            &c,
+            block_cap(Mode::SingleNodeSingleWriter),
+            false,
+        ))
+        .await,
+        Code::FailedPrecondition,
+    );
+    assert!(st.message().contains("one publication"), "{}", st.message());
+    assert!(!srv.in_ns(&c).exists());
+
     // Unpublish both and unstage: nothing left in the staging directory, no device bound.
     for t in [&a, &b] {
         ok(node.node_unpublish_volume(unpublish_req(&id, t)).await);

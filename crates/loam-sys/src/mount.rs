@@ -153,7 +153,7 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
             Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
         }
         Ok(_) => Ok(crate::mountinfo::MountTable::read_self()?.is_mount_point(path)),
-        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(false),
         Err(e) => Err(crate::context(e, format!("stat of {}", path.display()))),
     }
 }
@@ -197,12 +197,13 @@ pub fn file_id(path: &Path) -> io::Result<FileId> {
 
 /// What the topmost mount at `path` shows, from `statx` and `statvfs` of the path alone: `None` when nothing is
 /// mounted there or the path does not exist. Where the kernel does not say whether a path is a mount root (before
-/// Linux 5.8), the mount table does. A symlink at `path` is not followed.
+/// Linux 5.8), the mount table does. A symlink at `path` is not followed; a path under a file does not exist.
 pub fn mounted_at(path: &Path) -> io::Result<Option<MountedAt>> {
     use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statvfs, statx};
     let st = match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO) {
         Ok(st) => st,
-        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        // No such path, also when a component of it is not a directory.
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
         Err(e) => return Err(crate::context(e, format!("stat of {}", path.display()))),
     };
     let root = if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {

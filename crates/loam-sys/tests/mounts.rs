@@ -344,4 +344,9 @@ fn mounted_at_tells_what_the_top_mount_shows() {
         mounted_at(&target).unwrap().map(|m| m.root),
         Some(file_id(&node).unwrap())
     );
+    assert_eq!(
+        mounted_at(&target.join("x")).unwrap(),
+        None,
+        "a path under a file"
+    );
 }
