@@ -1144,6 +1144,33 @@ async fn loam_delete_volume_while_staged_is_failed_precondition() {
 }
 
 #[tokio::test]
+async fn loam_volume_whose_directory_was_removed_still_unpublishes_unstages_and_deletes() {
+    if !require_root("loam_volume_whose_directory_was_removed_still_unpublishes_unstages_and_deletes") {
+        return;
+    }
+    let srv = start();
+    let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
+    let id = create(&mut ctl, "removed", GIB).await.volume_id;
+    let staging = srv.staging_dir("staging");
+    let target = srv.target_path("target");
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
+    // Someone removes the volume's directory under its mounts.
+    std::fs::remove_dir_all(srv.volume_dir(&id)).unwrap();
+
+    let r = ok(node.node_get_volume_stats(stats_req(&id, &s(&target))).await);
+    let cond = r.volume_condition.expect("a condition");
+    assert!(cond.abnormal && cond.message.contains("missing"), "{cond:?}");
+    // Where it is mounted is still known: delete refuses.
+    expect_code(ctl.delete_volume(delete_req(&id)).await, Code::FailedPrecondition);
+    // loam's notes say it mounted the volume at both paths, so both come down.
+    ok(node.node_unpublish_volume(unpublish_req(&id, &target)).await);
+    ok(node.node_unstage_volume(unstage_req(&id, &staging)).await);
+    srv.assert_no_mounts();
+    delete(&mut ctl, &id).await;
+    assert!(list_ids(&mut ctl).await.is_empty());
+}
+
+#[tokio::test]
 async fn loam_list_volumes_paginates_five_volumes_two_per_page() {
     let srv = start();
     let mut ctl = srv.controller().await;

@@ -136,7 +136,7 @@ impl Engine {
         self.host
             .file_id(path)
             .map(Shows::File)
-            .ctx(|| format!("stat of {}", path.display()))
+            .ctx(|| "telling what a mount of the volume shows".into())
     }
 
     /// Every way a mount can show the volume: its directory; or its device's filesystem and its device node.
@@ -148,14 +148,19 @@ impl Engine {
     }
 
     /// Every path loam mounted the volume at that still shows it: the paths its notes name (for a block volume's
-    /// staging directory, the device file in it), each asked what it shows.
+    /// staging directory, the device file in it), each asked what it shows. When the volume's directory or device
+    /// node is gone, so that what its mounts show cannot be told, every noted path still mounted counts.
     fn uses(&self, volume_id: &str, att: &Attachment) -> Result<Vec<PathBuf>> {
-        let shows = self.shows(att)?;
+        let noted = self.notes.paths_of(volume_id);
+        if noted.is_empty() {
+            return Ok(vec![]);
+        }
+        let shows = self.shows_if_present(att)?;
         let mut found = Vec::new();
-        for noted in self.notes.paths_of(volume_id) {
+        for noted in noted {
             for path in [staged_device_file(&noted, volume_id), noted] {
                 if let Some(m) = self.mounted_at(&path)?
-                    && shows.iter().any(|s| s.matches(&m))
+                    && shows.as_ref().is_none_or(|s| s.iter().any(|s| s.matches(&m)))
                 {
                     found.push(path);
                     break;
@@ -163,6 +168,37 @@ impl Engine {
             }
         }
         Ok(found)
+    }
+
+    /// [`Engine::shows`], or `None` when the volume's directory or device node no longer exists.
+    fn shows_if_present(&self, att: &Attachment) -> Result<Option<Vec<Shows>>> {
+        match self.shows(att) {
+            Ok(s) => Ok(Some(s)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unmounts the volume at `path` (see [`Engine::unmount_all`]); when what its mounts show cannot be told (its
+    /// directory is gone), only as loam's note at `noted` allows ([`Engine::unmount_by_note`]).
+    fn unmount_volume(
+        &self,
+        path: &Path,
+        noted: &Path,
+        att: &Attachment,
+        volume_id: &str,
+        pool: &str,
+    ) -> Result<()> {
+        match self.shows_if_present(att)? {
+            Some(shows) => self.unmount_all(path, &shows, volume_id),
+            None => self.unmount_by_note(
+                volume_id,
+                path,
+                noted,
+                pool,
+                "the volume's directory or device is gone",
+            ),
+        }
     }
 
     /// Whether `path` already shows the volume (`want`) with the wanted read-only setting, so a repeated call has
@@ -438,7 +474,7 @@ impl Engine {
                 list(&others)
             )));
         }
-        self.unmount_all(staged_at, &self.shows(&att)?, volume_id)?;
+        self.unmount_volume(staged_at, staging, &att, volume_id, &pool.name)?;
         if rec.block {
             remove_target(&file)?;
         }
@@ -651,7 +687,7 @@ impl Engine {
         };
         let _guard = self.lock(&vid)?;
         match pool.backend.attached(&rec.backing(&vid.file_stem()))? {
-            Some(att) => self.unmount_all(target, &self.shows(&att)?, volume_id)?,
+            Some(att) => self.unmount_volume(target, target, &att, volume_id, &pool.name)?,
             None => self.unmount_by_note(
                 volume_id,
                 target,
@@ -673,7 +709,9 @@ impl Engine {
         let att = pool.backend.attached(&rec.backing(&stem))?;
         let at = self.mounted_at(path)?;
         let shown = match (&att, &at) {
-            (Some(a), Some(m)) => self.shows(a)?.iter().any(|s| s.matches(m)),
+            (Some(a), Some(m)) => self
+                .shows_if_present(a)?
+                .is_some_and(|shows| shows.iter().any(|s| s.matches(m))),
             _ => false,
         };
         if !shown {
