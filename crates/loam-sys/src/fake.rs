@@ -125,7 +125,7 @@ fn fake_id(major: u32, minor: u32, root: &Path) -> crate::mount::FileId {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     root.hash(&mut h);
     crate::mount::FileId {
-        dev: rustix::fs::makedev(major, minor),
+        dev: crate::mount::dev_number(major, minor),
         ino: h.finish(),
     }
 }
@@ -357,12 +357,6 @@ impl Host for FakeHost {
         let mut st = self.state();
         self.enter(&mut st, "mount_table", String::new())?;
         Ok(MountTable::new(st.mounts.clone()))
-    }
-
-    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
-        let mut st = self.state();
-        self.enter(&mut st, "is_mount_point", path.display().to_string())?;
-        Ok(st.mounts.iter().any(|m| m.mount_point == path))
     }
 
     fn mounted_at(&self, path: &Path) -> io::Result<Option<crate::mount::MountedAt>> {

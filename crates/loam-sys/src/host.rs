@@ -22,9 +22,6 @@ use crate::{mountinfo::MountTable, statfs::FsStats};
 pub trait Host: Send + Sync + fmt::Debug {
     /// The calling thread's mount table.
     fn mount_table(&self) -> io::Result<MountTable>;
-    /// Whether something is mounted at `path`, asked without reading the whole mount table where the kernel
-    /// can tell.
-    fn is_mount_point(&self, path: &Path) -> io::Result<bool>;
     /// What the topmost mount at `path` shows, asked of the path alone: `None` when nothing is mounted there.
     fn mounted_at(&self, path: &Path) -> io::Result<Option<MountedAt>>;
     /// The identity of `path` itself: what a mount of it shows at its root.
@@ -117,10 +114,6 @@ pub struct RealHost;
 impl Host for RealHost {
     fn mount_table(&self) -> io::Result<MountTable> {
         MountTable::read_self()
-    }
-
-    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
-        crate::mount::is_mount_point(path)
     }
 
     fn mounted_at(&self, path: &Path) -> io::Result<Option<MountedAt>> {

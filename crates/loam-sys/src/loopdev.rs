@@ -331,15 +331,8 @@ fn configure(
 ///
 /// A missing `file` gives no devices.
 pub fn find(file: &Path) -> io::Result<Vec<LoopDevice>> {
-    let canonical = match fs::canonicalize(file) {
-        Ok(p) => p,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(crate::context(e, format!("resolving {}", file.display()))),
-    };
-    let st = match rustix::fs::stat(&canonical) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(Vec::new()),
-        Err(e) => return Err(crate::context(e, format!("stat of {}", canonical.display()))),
+    let Some((canonical, st)) = resolve(file)? else {
+        return Ok(Vec::new());
     };
 
     let mut found = Vec::new();
@@ -358,20 +351,27 @@ pub fn find(file: &Path) -> io::Result<Vec<LoopDevice>> {
 /// Whether loop device `dev` is backed by `file` now: [`find`]'s test of one device, without looking at the
 /// others.
 pub fn backs(dev: &LoopDevice, file: &Path) -> io::Result<bool> {
-    let canonical = match fs::canonicalize(file) {
-        Ok(p) => p,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(crate::context(e, format!("resolving {}", file.display()))),
-    };
-    let st = match rustix::fs::stat(&canonical) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(false),
-        Err(e) => return Err(crate::context(e, format!("stat of {}", canonical.display()))),
+    let Some((canonical, st)) = resolve(file)? else {
+        return Ok(false);
     };
     if !backed_by_path(dev.number, &canonical)? {
         return Ok(false);
     }
     Ok(confirm(dev.number, &canonical, &st)?.is_some_and(|d| d == *dev))
+}
+
+/// `file`'s canonical path (as sysfs names backing files) and its `stat`; `None` when it does not exist.
+fn resolve(file: &Path) -> io::Result<Option<(PathBuf, Stat)>> {
+    let canonical = match fs::canonicalize(file) {
+        Ok(p) => p,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::context(e, format!("resolving {}", file.display()))),
+    };
+    match rustix::fs::stat(&canonical) {
+        Ok(st) => Ok(Some((canonical, st))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(crate::context(e, format!("stat of {}", canonical.display()))),
+    }
 }
 
 /// The numbers of the loop devices in `/sys/block`.

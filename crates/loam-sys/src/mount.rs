@@ -143,19 +143,28 @@ pub fn unmount(target: &Path) -> io::Result<()> {
         .map_err(|e| crate::context(e, format!("unmounting {}", target.display())))
 }
 
-/// Whether something is mounted at `path` (it is the root of a mount), from `statx` (`STATX_ATTR_MOUNT_ROOT`,
-/// Linux 5.8) without reading the mount table; where the kernel does not say, from the mount table. A missing
-/// `path` is not a mount point. A symlink at `path` is not followed.
-pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+/// `statx` of `path` when it is the root of a mount, `None` when it is not or does not exist (also when a
+/// component of it is not a directory). Asked of the path alone (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8); where the
+/// kernel does not say, the mount table decides. A symlink at `path` is not followed.
+fn mount_root(path: &Path) -> io::Result<Option<rustix::fs::Statx>> {
     use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
-    match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::empty()) {
-        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
-            Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
-        }
-        Ok(_) => Ok(crate::mountinfo::MountTable::read_self()?.is_mount_point(path)),
-        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(false),
-        Err(e) => Err(crate::context(e, format!("stat of {}", path.display()))),
-    }
+    let st = match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
+        Err(e) => return Err(crate::context(e, format!("stat of {}", path.display()))),
+    };
+    let root = if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+        st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    } else {
+        crate::mountinfo::MountTable::read_self()?.is_mount_point(path)
+    };
+    Ok(root.then_some(st))
+}
+
+/// Whether something is mounted at `path` (it is the root of a mount), without reading the mount table where the
+/// kernel can tell (see [`mount_root`]). A missing `path` is not a mount point.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    Ok(mount_root(path)?.is_some())
 }
 
 /// The identity of a file or directory (device and inode): what a mount of it shows at its root, so two paths
@@ -195,26 +204,13 @@ pub fn file_id(path: &Path) -> io::Result<FileId> {
         .map_err(|e| crate::context(e, format!("stat of {}", path.display())))
 }
 
-/// What the topmost mount at `path` shows, from `statx` and `statvfs` of the path alone: `None` when nothing is
-/// mounted there or the path does not exist. Where the kernel does not say whether a path is a mount root (before
-/// Linux 5.8), the mount table does. A symlink at `path` is not followed; a path under a file does not exist.
+/// What the topmost mount at `path` shows, from `statx` and `statvfs` of the path alone (see [`mount_root`]):
+/// `None` when nothing is mounted there or the path does not exist; a path under a file does not exist.
 pub fn mounted_at(path: &Path) -> io::Result<Option<MountedAt>> {
-    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statvfs, statx};
-    let st = match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO) {
-        Ok(st) => st,
-        // No such path, also when a component of it is not a directory.
-        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(None),
-        Err(e) => return Err(crate::context(e, format!("stat of {}", path.display()))),
-    };
-    let root = if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
-        st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
-    } else {
-        crate::mountinfo::MountTable::read_self()?.is_mount_point(path)
-    };
-    if !root {
+    let Some(st) = mount_root(path)? else {
         return Ok(None);
-    }
-    let read_only = statvfs(path)
+    };
+    let read_only = rustix::fs::statvfs(path)
         .map_err(|e| crate::context(e, format!("statvfs of {}", path.display())))?
         .f_flag
         .contains(StatVfsMountFlags::RDONLY);
