@@ -131,7 +131,7 @@ impl Engine {
         let mut pruned = 0;
         match cfg.host.mount_table() {
             Ok(table) => {
-                pruned = notes.prune(&table)?;
+                pruned = notes.prune(&table);
                 if pruned > 0 {
                     info!(pruned, "dropped notes of mounts that are gone");
                 }

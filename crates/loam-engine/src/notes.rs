@@ -230,7 +230,7 @@ impl Notes {
     }
 
     /// Drops notes whose path is no longer a mount point (after a reboot, or a manual unmount).
-    pub fn prune(&self, table: &MountTable) -> Result<usize> {
+    pub fn prune(&self, table: &MountTable) -> usize {
         let mut st = self.state();
         let gone: Vec<PathBuf> = st
             .index
@@ -239,15 +239,11 @@ impl Notes {
             .filter(|p| !table.is_mount_point(p))
             .cloned()
             .collect();
-        if gone.is_empty() {
-            return Ok(0);
-        }
         for path in &gone {
             st.index.unlink(path);
+            self.append(&mut st, &Change::Remove(path.clone()));
         }
-        self.rewrite(&mut st)
-            .ctx(|| format!("rewriting {}", self.dir.join(LOG_FILE).display()))?;
-        Ok(gone.len())
+        gone.len()
     }
 }
 
@@ -286,7 +282,7 @@ mod tests {
         notes.put(&root);
         notes.put(&a);
         let table = MountTable::read_self().unwrap();
-        assert_eq!(notes.prune(&table).unwrap(), 1);
+        assert_eq!(notes.prune(&table), 1);
         assert_eq!(notes.get(&root.path), Some(root));
         assert_eq!(notes.get(&a.path), None);
     }

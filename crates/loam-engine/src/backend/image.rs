@@ -73,11 +73,17 @@ impl ImageBackend {
         };
     }
 
-    fn known_detached(&self, stem: &str) -> bool {
-        matches!(
-            self.known.lock().unwrap_or_else(|e| e.into_inner()).get(stem),
-            Some(Known::Detached)
-        )
+    fn known(&self, stem: &str) -> Option<Known> {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stem)
+            .cloned()
+    }
+
+    /// `volumes/.deleting-<stem>.img`: the name an image is set aside under while it is removed.
+    fn aside_name(stem: &str) -> String {
+        format!("{DELETING}{}", Self::file_name(stem))
     }
 
     /// Every loop device backed by the volume's image, from a look at all of them.
@@ -99,13 +105,7 @@ impl ImageBackend {
 
     /// The volume's loop device, if it has one: the remembered one once confirmed, else from a look at all.
     fn first_loop(&self, stem: &str) -> Result<Option<LoopDevice>> {
-        let known = self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stem)
-            .cloned();
-        match known {
+        match self.known(stem) {
             Some(Known::Detached) => return Ok(None),
             Some(Known::Attached(l)) => {
                 let file = self.file(stem);
@@ -122,19 +122,26 @@ impl ImageBackend {
         Ok(self.loops(stem)?.into_iter().next())
     }
 
-    /// Detaches and removes `volumes/<name>`, an image set aside for removal. The removal is not flushed: if a
-    /// crash undoes it, start-up finds the image still set aside and removes it again.
-    fn remove_aside(&self, name: &str) -> Result<()> {
-        let path = self.volumes.join(name);
+    /// Detaches every loop device backed by `file`, found by a look at all of them.
+    fn detach_file(&self, file: &Path) -> Result<()> {
         for l in self
             .host
-            .loop_find(&path)
-            .ctx(|| format!("finding the loop devices of {}", path.display()))?
+            .loop_find(file)
+            .ctx(|| format!("finding the loop devices of {}", file.display()))?
         {
             self.host
                 .loop_detach(&l)
                 .ctx(|| format!("detaching loop device {}", l.path.display()))?;
+            tracing::debug!(device = %l.path.display(), "loop device detached");
         }
+        Ok(())
+    }
+
+    /// Detaches and removes `volumes/<name>`, an image set aside for removal. The removal is not flushed: if a
+    /// crash undoes it, start-up finds the image still set aside and removes it again.
+    fn remove_aside(&self, name: &str) -> Result<()> {
+        let path = self.volumes.join(name);
+        self.detach_file(&path)?;
         remove_file_unsynced(&path)
     }
 
@@ -251,13 +258,9 @@ impl Backend for ImageBackend {
     /// point is recognised and finished at start-up, and the record needs no intent written first.
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
         let name = Self::file_name(v.stem);
-        let doomed = format!("{DELETING}{name}");
+        let doomed = Self::aside_name(v.stem);
         // Every device is detached, found by a look at all of them: none may outlive the file.
-        for l in self.loops(v.stem)? {
-            self.host
-                .loop_detach(&l)
-                .ctx(|| format!("detaching loop device {}", l.path.display()))?;
-        }
+        self.detach(v)?;
         self.remember(v.stem, None);
         match loam_sys::fs::rename_durable(&self.volumes, &name, &doomed) {
             Ok(()) => {}
@@ -281,11 +284,7 @@ impl Backend for ImageBackend {
 
     fn interrupted_delete(&self, v: &VolumeRef<'_>) -> bool {
         std::fs::symlink_metadata(self.file(v.stem)).is_err()
-            && std::fs::symlink_metadata(
-                self.volumes
-                    .join(format!("{DELETING}{}", Self::file_name(v.stem))),
-            )
-            .is_ok()
+            && std::fs::symlink_metadata(self.volumes.join(Self::aside_name(v.stem))).is_ok()
     }
 
     /// Removes what interrupted creates and deletes left: an image set aside for removal, and an image without a
@@ -306,10 +305,12 @@ impl Backend for ImageBackend {
             match holds_no_data(&self.file(&stem)) {
                 Ok(true) => {
                     tracing::info!(backing = %stem, "removing the empty image of a create that did not finish");
-                    let doomed = format!("{DELETING}{}", Self::file_name(&stem));
-                    loam_sys::fs::rename_durable(&self.volumes, &Self::file_name(&stem), &doomed)
-                        .ctx(|| format!("setting {} aside for removal", self.file(&stem).display()))?;
-                    self.remove_aside(&doomed)?;
+                    self.destroy(&VolumeRef {
+                        stem: &stem,
+                        capacity_bytes: 0,
+                        project_id: None,
+                        device: None,
+                    })?;
                 }
                 _ => left.push(stem),
             }
@@ -332,7 +333,7 @@ impl Backend for ImageBackend {
                 m.len()
             )),
             // A volume this process detached (or made) has no device unless one was attached behind its back.
-            Ok(_) if self.known_detached(stem) => None,
+            Ok(_) if matches!(self.known(stem), Some(Known::Detached)) => None,
             Ok(_) => match self.loops(stem) {
                 Ok(l) if l.len() > 1 => Some(format!(
                     "{} is attached to {} loop devices ({}); loam attaches it once",
@@ -411,12 +412,7 @@ impl Backend for ImageBackend {
 
     /// Detaches every loop device of the volume, found by a look at all of them.
     fn detach(&self, v: &VolumeRef<'_>) -> Result<()> {
-        for l in self.loops(v.stem)? {
-            self.host
-                .loop_detach(&l)
-                .ctx(|| format!("detaching loop device {}", l.path.display()))?;
-            tracing::debug!(device = %l.path.display(), "loop device detached");
-        }
+        self.detach_file(&self.file(v.stem))?;
         self.remember(v.stem, Some(Known::Detached));
         Ok(())
     }
