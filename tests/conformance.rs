@@ -1206,6 +1206,49 @@ async fn loam_list_volumes_paginates_five_volumes_two_per_page() {
 }
 
 #[tokio::test]
+async fn loam_list_volumes_pages_say_which_volumes_lost_their_directory() {
+    let srv = start();
+    let mut ctl = srv.controller().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(create(&mut ctl, &format!("cond-{i}"), GIB).await.volume_id);
+    }
+    ids.sort();
+    // One directory removed, one replaced by a symlink to a directory elsewhere (never followed).
+    std::fs::remove_dir_all(srv.volume_dir(&ids[1])).unwrap();
+    let elsewhere = srv.root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::remove_dir_all(srv.volume_dir(&ids[3])).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, srv.volume_dir(&ids[3])).unwrap();
+
+    for max_entries in [0, 2] {
+        let seen: Vec<(String, bool, String)> = list_entry_pages(&mut ctl, max_entries)
+            .await
+            .concat()
+            .into_iter()
+            .map(|e| {
+                let cond = e.status.and_then(|s| s.volume_condition).expect("a condition");
+                (e.volume.expect("a volume").volume_id, cond.abnormal, cond.message)
+            })
+            .collect();
+        assert_eq!(
+            seen.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            ids.iter().collect::<Vec<_>>()
+        );
+        for (i, (id, abnormal, message)) in seen.iter().enumerate() {
+            if i == 1 || i == 3 {
+                assert!(
+                    *abnormal && message.contains("missing"),
+                    "{id} (page size {max_entries}): {message}"
+                );
+            } else {
+                assert!(!abnormal, "{id} (page size {max_entries}): {message}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn loam_get_capacity_is_exact_and_zero_for_foreign_topology() {
     let srv = start();
     let mut ctl = srv.controller().await;

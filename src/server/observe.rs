@@ -125,7 +125,8 @@ where
                 Err(_) => (Code::Unknown, "the transport failed".to_owned()),
             };
             metrics.finished(&rpc, code_name(code), took);
-            let ms = took.as_secs_f64() * 1e3;
+            // Milliseconds to the microsecond: a log line, not a float's every digit.
+            let ms = (took.as_secs_f64() * 1e6).round() / 1e3;
             let _entered = span.enter();
             match code {
                 Code::Ok => tracing::info!(code = "OK", ms, "done"),

@@ -751,6 +751,22 @@ pub async fn controller_condition(ctl: &mut ControllerClient<Channel>, id: &str)
 
 /// Volume IDs of each ListVolumes page of `max_entries` (0: no limit), following next_token (up to 10 pages).
 pub async fn list_pages(ctl: &mut ControllerClient<Channel>, max_entries: i32) -> Vec<Vec<String>> {
+    list_entry_pages(ctl, max_entries)
+        .await
+        .into_iter()
+        .map(|page| {
+            page.into_iter()
+                .map(|e| e.volume.expect("ListVolumes entry without volume").volume_id)
+                .collect()
+        })
+        .collect()
+}
+
+/// Every page of ListVolumes with `max_entries` per page, as the entries the driver returned.
+pub async fn list_entry_pages(
+    ctl: &mut ControllerClient<Channel>,
+    max_entries: i32,
+) -> Vec<Vec<csi::list_volumes_response::Entry>> {
     let mut pages = Vec::new();
     let mut token = String::new();
     loop {
@@ -760,12 +776,7 @@ pub async fn list_pages(ctl: &mut ControllerClient<Channel>, max_entries: i32) -
                 starting_token: token.clone(),
             })
             .await);
-        pages.push(
-            page.entries
-                .into_iter()
-                .map(|e| e.volume.expect("ListVolumes entry without volume").volume_id)
-                .collect(),
-        );
+        pages.push(page.entries);
         if page.next_token.is_empty() {
             return pages;
         }
@@ -774,7 +785,6 @@ pub async fn list_pages(ctl: &mut ControllerClient<Channel>, max_entries: i32) -
     }
 }
 
-/// Every volume ID ListVolumes reports, following next_token.
 pub async fn list_ids(ctl: &mut ControllerClient<Channel>) -> Vec<String> {
     list_pages(ctl, 0).await.concat()
 }

@@ -12,7 +12,7 @@ use loam_sys::{host::Host, lockfile::LockFile};
 use tracing::{info, warn};
 
 use crate::{
-    backend::{Inventory, ProvisionSpec},
+    backend::{Inventory, ProvisionSpec, VolumeRef},
     capability::{self, Refusal},
     capacity,
     error::{Error, IoContext, Result},
@@ -416,6 +416,10 @@ impl Engine {
             Ok(vid) => pool.backend.check(&rec.backing(&vid.file_stem())),
             Err(e) => Some(e.to_string()),
         });
+        self.volume_of(rec, abnormal)
+    }
+
+    fn volume_of(&self, rec: &VolumeRecord, abnormal: Option<String>) -> Volume {
         Volume {
             id: rec.id.clone(),
             name: rec.name.clone(),
@@ -748,21 +752,46 @@ impl Engine {
             .flat_map(|p| p.page_from(start, want).into_iter().map(move |r| (r, p)))
             .collect();
         recs.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        let mut out = Vec::new();
-        let mut next = None;
-        // Each pool's state once per page, not once per volume.
-        let mut degraded: BTreeMap<&str, Option<String>> = BTreeMap::new();
-        for (rec, pool) in recs {
-            if max_entries != 0 && out.len() == max_entries {
-                next = Some(rec.id);
-                break;
+        let next = match recs.get(max_entries) {
+            Some((rec, _)) if max_entries != 0 => Some(rec.id.clone()),
+            _ => None,
+        };
+        recs.truncate(if max_entries == 0 { usize::MAX } else { max_entries });
+        // Each pool's state, and its volumes' checks, once per page.
+        let mut abnormal: Vec<Option<String>> = vec![None; recs.len()];
+        for pool in self.pools.values() {
+            let mine: Vec<usize> = (0..recs.len())
+                .filter(|&i| Arc::ptr_eq(recs[i].1, pool))
+                .collect();
+            if mine.is_empty() {
+                continue;
             }
-            let state = degraded
-                .entry(&pool.name)
-                .or_insert_with(|| pool.degraded())
-                .clone();
-            out.push(self.volume_in(pool, state, &rec));
+            if let Some(why) = pool.degraded() {
+                mine.iter().for_each(|&i| abnormal[i] = Some(why.clone()));
+                continue;
+            }
+            let stems: Vec<Result<String>> = mine
+                .iter()
+                .map(|&i| recs[i].0.volume_id().map(|v| v.file_stem()))
+                .collect();
+            let refs: Vec<VolumeRef<'_>> = mine
+                .iter()
+                .zip(&stems)
+                .filter_map(|(&i, stem)| stem.as_ref().ok().map(|s| recs[i].0.backing(s)))
+                .collect();
+            let mut checked = pool.backend.check_many(&refs).into_iter();
+            for (&i, stem) in mine.iter().zip(&stems) {
+                abnormal[i] = match stem {
+                    Ok(_) => checked.next().flatten(),
+                    Err(e) => Some(e.to_string()),
+                };
+            }
         }
+        let out = recs
+            .iter()
+            .zip(abnormal)
+            .map(|((rec, _), abnormal)| self.volume_of(rec, abnormal))
+            .collect();
         Ok((out, next))
     }
 

@@ -54,6 +54,26 @@ pub fn is_dir_no_follow(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// A directory held open to ask about many of its entries: each question then looks up one name, not the
+/// whole path again.
+pub struct DirEntries(OwnedFd);
+
+impl DirEntries {
+    pub fn open(dir: &Path) -> io::Result<DirEntries> {
+        Ok(DirEntries(open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?))
+    }
+
+    /// Whether the entry `name` is a directory itself, not a symlink to one.
+    pub fn is_dir(&self, name: &str) -> bool {
+        statx(&self.0, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
+            .is_ok_and(|st| FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory)
+    }
+}
+
 /// Whether `name` can be used as exactly one path component: non-empty, at
 /// most 255 bytes, not `.` or `..`, without `/` or NUL.
 pub fn is_single_component(name: &str) -> bool {
@@ -784,6 +804,22 @@ pub fn open_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dir_entries_see_directories_only_and_never_follow() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("dir")).unwrap();
+        std::fs::write(t.path().join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(t.path().join("dir"), t.path().join("link")).unwrap();
+        let e = DirEntries::open(t.path()).unwrap();
+        assert!(e.is_dir("dir"));
+        for not in ["file", "link", "missing", "dir/missing"] {
+            assert!(!e.is_dir(not), "{not}");
+            assert!(!is_dir_no_follow(&t.path().join(not)), "{not}");
+        }
+        assert!(DirEntries::open(&t.path().join("file")).is_err());
+        assert!(DirEntries::open(&t.path().join("missing")).is_err());
+    }
 
     #[test]
     fn single_component() {

@@ -131,6 +131,51 @@ impl DirBackend {
         Ok(())
     }
 
+    /// The rest of [`Backend::check`], once whether the volume's directory is there is known.
+    fn check_found(&self, v: &VolumeRef<'_>, is_dir: bool) -> Option<String> {
+        if !is_dir {
+            return Some(format!(
+                "the volume's directory {} is missing",
+                self.path(v.stem).display()
+            ));
+        }
+        let Mode::Quota { .. } = self.mode else {
+            return None;
+        };
+        let path = self.path(v.stem);
+        let want = match Self::project(v) {
+            Ok(id) => id,
+            Err(e) => return Some(e.to_string()),
+        };
+        match self.host.get_project(&path) {
+            Ok((id, _)) if id != want => {
+                return Some(format!(
+                    "{} carries project ID {id}, but the volume's record says {want}",
+                    path.display()
+                ));
+            }
+            Ok((_, false)) => {
+                return Some(format!(
+                    "{} has lost its project-inherit flag: new files in it escape the volume's quota",
+                    path.display()
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Some(format!("cannot read the project ID of {}: {e}", path.display())),
+        }
+        match self.host.project_usage(&self.volumes, want) {
+            Ok(u) if u.bytes_limit == v.capacity_bytes => None,
+            Ok(u) => Some(format!(
+                "the quota limit of project {want} ({}) is {} bytes, not the volume's size {} (changed by hand?); \
+                 loam leaves it as it is",
+                path.display(),
+                u.bytes_limit,
+                v.capacity_bytes
+            )),
+            Err(e) => Some(format!("cannot read the quota of project {want}: {e}")),
+        }
+    }
+
     fn project(v: &VolumeRef<'_>) -> Result<u32> {
         v.project_id.ok_or_else(|| {
             Error::Precondition(format!(
@@ -244,44 +289,18 @@ impl Backend for DirBackend {
     }
 
     fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
-        let path = self.path(v.stem);
-        if !loam_sys::fs::is_dir_no_follow(&path) {
-            return Some(format!("the volume's directory {} is missing", path.display()));
-        }
-        let Mode::Quota { .. } = self.mode else {
-            return None;
-        };
-        let want = match Self::project(v) {
-            Ok(id) => id,
-            Err(e) => return Some(e.to_string()),
-        };
-        match self.host.get_project(&path) {
-            Ok((id, _)) if id != want => {
-                return Some(format!(
-                    "{} carries project ID {id}, but the volume's record says {want}",
-                    path.display()
-                ));
-            }
-            Ok((_, false)) => {
-                return Some(format!(
-                    "{} has lost its project-inherit flag: new files in it escape the volume's quota",
-                    path.display()
-                ));
-            }
-            Ok(_) => {}
-            Err(e) => return Some(format!("cannot read the project ID of {}: {e}", path.display())),
-        }
-        match self.host.project_usage(&self.volumes, want) {
-            Ok(u) if u.bytes_limit == v.capacity_bytes => None,
-            Ok(u) => Some(format!(
-                "the quota limit of project {want} ({}) is {} bytes, not the volume's size {} (changed by hand?); \
-                 loam leaves it as it is",
-                path.display(),
-                u.bytes_limit,
-                v.capacity_bytes
-            )),
-            Err(e) => Some(format!("cannot read the quota of project {want}: {e}")),
-        }
+        self.check_found(v, loam_sys::fs::is_dir_no_follow(&self.path(v.stem)))
+    }
+
+    fn check_many(&self, vs: &[VolumeRef<'_>]) -> Vec<Option<String>> {
+        // One open of volumes/ for the page; if even that fails, each volume is checked by its full path.
+        let entries = loam_sys::fs::DirEntries::open(&self.volumes).ok();
+        vs.iter()
+            .map(|v| match &entries {
+                Some(e) => self.check_found(v, e.is_dir(v.stem)),
+                None => self.check(v),
+            })
+            .collect()
     }
 
     fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage> {

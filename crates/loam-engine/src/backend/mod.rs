@@ -143,6 +143,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// to a device that shows another file.
     fn check(&self, v: &VolumeRef<'_>) -> Option<String>;
 
+    /// [`Backend::check`] of many volumes at once (a ListVolumes page), in their order.
+    fn check_many(&self, vs: &[VolumeRef<'_>]) -> Vec<Option<String>> {
+        vs.iter().map(|v| self.check(v)).collect()
+    }
+
     /// Space the volume's data takes now, measured in O(1) (quota accounting, or a cached measurement).
     fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage>;
 
