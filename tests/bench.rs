@@ -86,6 +86,20 @@ fn bench_runs_full_cycles_with_no_errors_and_times_every_rpc() {
     assert_eq!(f["cycles_done"], 24, "{f}");
     assert_eq!(f["errors"], 0, "{f}");
     assert!(f["speed_ratio"].as_f64().unwrap() > 0.0 && f["cpu_ratio"].as_f64().unwrap() > 0.0);
+    // As many empty calls as the cycles made calls, and the ceiling they set with the floor: below the floor's
+    // own speed, since six calls' time is added to the floor's cycle.
+    let t = &doc["transport"];
+    assert_eq!(t["calls"], 24 * RPCS.len() as u64, "{t}");
+    assert_eq!(t["latency"]["count"], 24 * RPCS.len() as u64, "{t}");
+    assert!(t["calls_per_second"].as_f64().unwrap() > 0.0, "{t}");
+    let ceiling = t["ceiling_cycles_per_second"].as_f64().unwrap();
+    let floor_speed = f["cycles_per_second"].as_f64().unwrap();
+    assert!(
+        ceiling > 0.0 && ceiling < floor_speed,
+        "{t} against the floor's {floor_speed}"
+    );
+    let ratio = t["ceiling_ratio"].as_f64().unwrap();
+    assert!((ratio - ceiling / floor_speed).abs() < 1e-9, "{t}");
     // Every volume was deleted, every mount undone, and the floor's and the work dir's leftovers removed.
     assert!(entries(&srv.records_dir()).is_empty(), "volumes left behind");
     srv.assert_no_mounts();
@@ -155,6 +169,8 @@ fn bench_counts_failures_by_rpc_and_code_and_fails() {
     assert_eq!(doc["rpcs"]["CreateVolume"]["count"], 0);
     let example = &doc["error_examples"][0];
     assert!(example["message"].as_str().unwrap().contains("nope"), "{example}");
+    // Empty calls are timed only beside the floor, whose ceiling they are part of.
+    assert!(doc.get("transport").is_none(), "{doc:#}");
     // A driver that is not there is an error before any cycle, naming the endpoint.
     let out = loam_command()
         .args([

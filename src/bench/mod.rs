@@ -7,6 +7,7 @@
 pub mod floor;
 pub mod resident;
 pub mod stats;
+pub mod transport;
 
 use std::{
     collections::BTreeMap,
@@ -27,6 +28,7 @@ use tonic::transport::Channel;
 use self::{
     floor::{Floor, FloorKind},
     stats::{Errors, ProcSample, Samples},
+    transport::Transport,
 };
 use crate::{
     cli::{parse_key_value, parse_size},
@@ -74,7 +76,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Also run the floor (the same work done directly) in this directory, which should be on the pool's
-    /// filesystem; needs root.
+    /// filesystem, and time empty calls over the socket, to report the ceiling a driver doing exactly the
+    /// floor's work could reach over it; needs root.
     #[arg(long, value_name = "DIR")]
     pub floor: Option<PathBuf>,
     /// The pool kind the floor does the work of.
@@ -525,15 +528,20 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
 }
 
-/// The driver's cycles and the floor's, taking turns for `--rounds` rounds: the driver's outcome, its CPU time
-/// and last sample, and the floor's outcome.
-async fn rounds(
-    args: &BenchArgs,
-    work: &Path,
-) -> anyhow::Result<(Outcome, Option<(Duration, ProcSample)>, Option<FloorOutcome>)> {
-    let mut out = Outcome::default();
-    let mut driver: Option<(Duration, ProcSample)> = None;
-    let mut fl: Option<FloorOutcome> = None;
+/// What the rounds measured: the driver's outcome, its CPU time and last sample, and with `--floor` the floor's
+/// outcome and the transport's empty calls.
+#[derive(Default)]
+struct Measured {
+    out: Outcome,
+    driver: Option<(Duration, ProcSample)>,
+    floor: Option<FloorOutcome>,
+    transport: Option<Transport>,
+}
+
+/// The driver's cycles and, with `--floor`, the transport's empty calls and the floor's cycles, taking turns
+/// for `--rounds` rounds.
+async fn rounds(args: &BenchArgs, work: &Path) -> anyhow::Result<Measured> {
+    let mut m = Measured::default();
     for r in 0..args.rounds {
         let mut a = args.clone();
         a.cycles = round_share(args.cycles, args.rounds, r);
@@ -549,21 +557,31 @@ async fn rounds(
         let before = sample()?;
         let o = drive(&a, work).await?;
         let after = sample()?;
-        out.add_run(o);
+        m.out.add_run(o);
         if let (Some(b), Some(after)) = (before, after) {
-            let cpu = after.cpu.saturating_sub(b.cpu) + driver.as_ref().map_or(Duration::ZERO, |d| d.0);
-            driver = Some((cpu, after));
+            let cpu = after.cpu.saturating_sub(b.cpu) + m.driver.as_ref().map_or(Duration::ZERO, |d| d.0);
+            m.driver = Some((cpu, after));
         }
         if let Some(dir) = &args.floor {
+            // As many empty calls as the round's cycles made calls.
+            let calls = a.cycles * RPCS.len() as u64;
+            let t = transport::empty_calls(
+                &connect(args).await?,
+                calls,
+                args.concurrency,
+                Duration::from_secs(args.timeout),
+            )
+            .await?;
+            m.transport.get_or_insert_default().add_run(t);
             let dir = dir.clone();
             let f = tokio::task::spawn_blocking(move || floor(&a, &dir)).await??;
-            match &mut fl {
+            match &mut m.floor {
                 Some(total) => total.add_run(f),
-                None => fl = Some(f),
+                None => m.floor = Some(f),
             }
         }
     }
-    Ok((out, driver, fl))
+    Ok(m)
 }
 
 /// `loam bench`: exit status 0 when every cycle succeeded (the driver's and the floor's).
@@ -605,7 +623,12 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         None
     };
     let resident_rss = args.pid.map(ProcSample::read).transpose().ok().flatten();
-    let (out, driver, fl) = match rounds(&args, &work).await {
+    let Measured {
+        out,
+        driver,
+        floor: fl,
+        transport,
+    } = match rounds(&args, &work).await {
         Ok(done) => done,
         Err(e) => {
             if made {
@@ -618,6 +641,9 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         let _ = std::fs::remove_dir(&work);
     }
     let mut report = report(&args, &out, driver, fl.as_ref());
+    if let Some(t) = &transport {
+        report["transport"] = t.json(fl.as_ref().map(FloorOutcome::cycles_per_second));
+    }
     if let Some((channel, res)) = &resident {
         report["resident"] = res.json();
         if let Some(p) = resident_rss {
@@ -634,7 +660,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             print_resident(res, resident_rss);
         }
         if args.cycles > 0 {
-            print_report(&args, &out, driver, fl.as_ref());
+            print_report(&args, &out, driver, fl.as_ref(), transport.as_ref());
         }
     }
     let failed = out.cycles_failed > 0 || fl.as_ref().is_some_and(|f| f.errors > 0);
@@ -753,6 +779,7 @@ fn print_report(
     out: &Outcome,
     driver: Option<(Duration, ProcSample)>,
     fl: Option<&FloorOutcome>,
+    transport: Option<&Transport>,
 ) {
     println!(
         "{} cycles of {} volumes ({} bytes) at concurrency {} against {}{}",
@@ -804,6 +831,18 @@ fn print_report(
             print!(", CPU per cycle {:.2}", d / fc.max(1e-9));
         }
         println!();
+        if let Some(t) = transport {
+            let ceiling = t.ceiling(f.cycles_per_second());
+            println!(
+                "transport: {:.0} empty calls/s at concurrency {} (p50 {}); the floor's work plus {} such calls \
+                 a cycle: at most {ceiling:.1} cycles/s, {:.2} x the floor",
+                t.calls_per_second(),
+                args.concurrency,
+                ms(t.samples.quantile(0.5)),
+                RPCS.len(),
+                ceiling / f.cycles_per_second().max(1e-9)
+            );
+        }
     }
     println!();
     print_latencies("RPC", &RPCS, &out.rpcs);
