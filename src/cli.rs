@@ -136,7 +136,11 @@ pub fn main(cli: Cli) -> ExitCode {
     // add that wake-up (0.1 ms on a virtual machine) to every figure it reports of the driver.
     let built = match cli.command {
         Command::Bench(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        // At least two threads: one engine call at a time may hold one (see `Driver::run`).
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
+            .enable_all()
+            .build(),
     };
     let rt = match built {
         Ok(rt) => rt,
