@@ -1,5 +1,5 @@
 //! The CSI services. One `Driver` serves Identity, Controller and Node; RPC bodies check fields, call the
-//! engine off the async executor, and map errors through `status`.
+//! engine so that a blocked disk never freezes the runtime (`Driver::run`), and map errors through `status`.
 
 use std::{
     panic::AssertUnwindSafe,
