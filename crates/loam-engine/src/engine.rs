@@ -1,5 +1,6 @@
 //! The engine: this node's pools and volumes. Controller-side operations live here, node-side ones in
-//! `node.rs`. Every method is synchronous and may block on I/O; callers keep a blocked call from freezing the async runtime.
+//! `node.rs`. Every method is synchronous and may block on I/O; callers keep a blocked call from freezing the
+//! async runtime.
 
 use std::{
     collections::BTreeMap,
