@@ -658,7 +658,11 @@ async fn capacity_on_a_shared_filesystem(kind: &str) {
         write_data(&unrelated.join(format!("f{i}")), 30 * MIB as usize).unwrap();
     }
     let pool_root = fs.mount_point.join("pool");
-    let mut srv = Server::start_with_config(NODE, |_| pool_toml("shared", kind, &pool_root, ""), &[]);
+    let (pool_kind, extra) = match kind {
+        "thin" => ("image", "allocation = \"thin\""),
+        other => (other, ""),
+    };
+    let mut srv = Server::start_with_config(NODE, |_| pool_toml("shared", pool_kind, &pool_root, extra), &[]);
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
     let backing = |id: &str| match kind {
         "dir" => pool_root.join("volumes").join(volume_hex(id)),
@@ -718,7 +722,17 @@ async fn capacity_on_a_shared_filesystem(kind: &str) {
         st.message()
     );
     assert_eq!(volumes.len(), 1, "{volumes:?}");
-    check!("after the refusal");
+    let before = check!("after the refusal");
+    // What a thin pool offers does not move while its volumes write: each block written takes as much from the
+    // filesystem's free space as it adds to what the volumes wrote (up to the metadata of the image files).
+    let steady = |now: u64, when: &str| {
+        if kind == "thin" {
+            assert!(
+                now.abs_diff(before) <= MIB as u64,
+                "{when}: the thin pool offers {now} bytes, {before} before the volume wrote"
+            );
+        }
+    };
 
     // The volume writes data; another writer fills the filesystem further.
     let (id, _) = volumes[0].clone();
@@ -726,7 +740,7 @@ async fn capacity_on_a_shared_filesystem(kind: &str) {
     let target = srv.target_path("pod");
     stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
     write_data(&srv.in_ns(&target).join("data"), 8 * MIB as usize).unwrap();
-    check!("after the volume wrote 8 MiB");
+    steady(check!("after the volume wrote 8 MiB"), "attached, 8 MiB written");
     write_data(&unrelated.join("more"), 8 * MIB as usize).unwrap();
     let offered = check!("after 8 MiB more unrelated data");
     expect_code(
@@ -735,7 +749,18 @@ async fn capacity_on_a_shared_filesystem(kind: &str) {
         Code::ResourceExhausted,
     );
     check!("after a refused create");
+    std::fs::remove_file(unrelated.join("more")).unwrap();
 
+    unpublish_and_unstage(&mut node, &id, &staging, &target).await;
+    // Detached, the image is measured once and then read from memory; after a restart, from the start-up check.
+    steady(check!("after unstage"), "detached");
+    srv.stop();
+    srv.start_again();
+    (ctl, node) = (srv.controller().await, srv.node().await);
+    steady(check!("after a restart"), "after a restart");
+    stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
+    write_data(&srv.in_ns(&target).join("data2"), 4 * MIB as usize).unwrap();
+    steady(check!("after 4 MiB more"), "attached again, 4 MiB more");
     unpublish_and_unstage(&mut node, &id, &staging, &target).await;
     delete(&mut ctl, &id).await;
     volumes.clear();
@@ -751,6 +776,16 @@ async fn image_capacity_of_a_dir_pool_on_a_shared_filesystem_never_overcommits()
         return;
     }
     capacity_on_a_shared_filesystem("dir").await;
+}
+
+#[tokio::test]
+async fn image_capacity_of_a_thin_image_pool_on_a_shared_filesystem_is_exact_and_never_overcommits() {
+    if !require_root(
+        "image_capacity_of_a_thin_image_pool_on_a_shared_filesystem_is_exact_and_never_overcommits",
+    ) {
+        return;
+    }
+    capacity_on_a_shared_filesystem("thin").await;
 }
 
 #[tokio::test]

@@ -512,11 +512,14 @@ impl Pool {
             }
         };
         if let Some(generation) = self.backend.written_generation() {
+            // Measured after the reused sum and outside the lock: the few volumes whose usage is not in memory.
+            let live = || self.backend.written_live();
             let mut st = self.state();
             if let Some((g, sum)) = st.written
                 && g == generation
             {
-                return (fs_free, sum);
+                drop(st);
+                return (fs_free, sum.saturating_add(live()));
             }
             let written = st
                 .volumes
@@ -533,7 +536,8 @@ impl Pool {
                 })
                 .fold(0u64, u64::saturating_add);
             st.written = Some((generation, written));
-            return (fs_free, written);
+            drop(st);
+            return (fs_free, written.saturating_add(live()));
         }
         // What the backend needs of each volume, copied out so that no lock is held while it measures.
         let volumes: Vec<(String, u64, Option<u32>)> = self

@@ -11,7 +11,10 @@ use std::{
     io,
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use loam_sys::host::{Host, LoopConfig, LoopDevice};
@@ -37,6 +40,13 @@ pub struct ImageBackend {
     /// (or none) instead of looking at every loop device on the node. Filled by scans, attaches and detaches; a
     /// remembered device is confirmed before it is used, and a process starts knowing nothing.
     known: Mutex<HashMap<String, Known>>,
+    /// Bytes allocated to each image this process knows has no loop device. Such an image changes only by
+    /// loam's own hand, so a thin pool's capacity reads these from memory and asks the filesystem only about
+    /// attached images. Measured when an image is made, detached or checked; dropped when it is attached or
+    /// removed.
+    settled: Mutex<HashMap<String, u64>>,
+    /// Bumped on every change to `settled` (see [`Backend::written_generation`]).
+    settled_generation: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +63,8 @@ impl ImageBackend {
             allocation,
             host,
             known: Mutex::default(),
+            settled: Mutex::default(),
+            settled_generation: AtomicU64::new(0),
         }
     }
 
@@ -67,10 +79,44 @@ impl ImageBackend {
 
     fn remember(&self, stem: &str, k: Option<Known>) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        // An attached or removed image's allocation is no longer settled.
+        if !matches!(k, Some(Known::Detached)) {
+            self.unsettle(stem);
+        }
         match k {
             Some(k) => known.insert(stem.to_owned(), k),
             None => known.remove(stem),
         };
+    }
+
+    fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.settled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unsettle(&self, stem: &str) {
+        if self.settled().remove(stem).is_some() {
+            self.settled_generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Notes what image `stem`, known to have no loop device, has allocated (`m` is its file's metadata).
+    fn settle(&self, stem: &str, m: &std::fs::Metadata) {
+        // Held while settling, so an attach (which unsettles under it) cannot come between the look and the note.
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(known.get(stem), Some(Known::Detached)) {
+            return;
+        }
+        let bytes = m.blocks().saturating_mul(512);
+        if self.settled().insert(stem.to_owned(), bytes) != Some(bytes) {
+            self.settled_generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// [`ImageBackend::settle`] with a fresh look at the file; a file that cannot be read is left unsettled.
+    fn settle_now(&self, stem: &str) {
+        if let Ok(m) = std::fs::symlink_metadata(self.file(stem)) {
+            self.settle(stem, &m);
+        }
     }
 
     fn known(&self, stem: &str) -> Option<Known> {
@@ -235,6 +281,7 @@ impl Backend for ImageBackend {
         let made = self.make_file(spec.stem, spec.capacity_bytes);
         if made.is_ok() {
             self.remember(spec.stem, Some(Known::Detached));
+            self.settle_now(spec.stem);
         }
         made.map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -333,8 +380,11 @@ impl Backend for ImageBackend {
                 m.len()
             )),
             // A volume this process detached (or made) has no device unless one was attached behind its back.
-            Ok(_) if matches!(self.known(stem), Some(Known::Detached)) => None,
-            Ok(_) => match self.loops(stem) {
+            Ok(m) if matches!(self.known(stem), Some(Known::Detached)) => {
+                self.settle(stem, &m);
+                None
+            }
+            Ok(m) => match self.loops(stem) {
                 Ok(l) if l.len() > 1 => Some(format!(
                     "{} is attached to {} loop devices ({}); loam attaches it once",
                     path.display(),
@@ -344,23 +394,56 @@ impl Backend for ImageBackend {
                         .collect::<Vec<_>>()
                         .join(", ")
                 )),
+                Ok(l) if l.is_empty() => {
+                    self.settle(stem, &m);
+                    None
+                }
                 _ => None,
             },
         }
     }
 
     /// A thick image holds its whole size from create on (fallocated, and discard is refused on thick pools), so
-    /// what it has taken needs no look at the file.
+    /// what it has taken needs no look at the file. A thin image: what it had when last settled; an attached one
+    /// is measured by `written_live`, and one this process knows nothing of yet counts as nothing written, which
+    /// holds back all its size.
     fn written_bytes(&self, v: &VolumeRef<'_>) -> u64 {
         match self.allocation {
             Allocation::Thick => v.capacity_bytes,
-            Allocation::Thin => self.usage(v).map_or(0, |u| u.bytes.min(v.capacity_bytes)),
+            Allocation::Thin => self
+                .settled()
+                .get(v.stem)
+                .map_or(0, |b| (*b).min(v.capacity_bytes)),
         }
     }
 
-    /// Thick pools' sums change only when a volume comes or goes, which the pool tracks itself.
+    /// Thick pools' sums change only when a volume comes or goes, which the pool tracks itself; thin pools' also
+    /// when an image is settled anew.
     fn written_generation(&self) -> Option<u64> {
-        (self.allocation == Allocation::Thick).then_some(0)
+        Some(match self.allocation {
+            Allocation::Thick => 0,
+            Allocation::Thin => self.settled_generation.load(Ordering::Acquire),
+        })
+    }
+
+    /// The images attached now, whose blocks their volumes are writing: each measured (at most its size).
+    fn written_live(&self) -> u64 {
+        if self.allocation == Allocation::Thick {
+            return 0;
+        }
+        let attached: Vec<String> = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, k)| matches!(k, Known::Attached(_)))
+            .map(|(stem, _)| stem.clone())
+            .collect();
+        attached
+            .iter()
+            .filter_map(|stem| std::fs::symlink_metadata(self.file(stem)).ok())
+            .map(|m| m.blocks().saturating_mul(512).min(m.len()))
+            .fold(0u64, u64::saturating_add)
     }
 
     fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage> {
@@ -414,6 +497,7 @@ impl Backend for ImageBackend {
     fn detach(&self, v: &VolumeRef<'_>) -> Result<()> {
         self.detach_file(&self.file(v.stem))?;
         self.remember(v.stem, Some(Known::Detached));
+        self.settle_now(v.stem);
         Ok(())
     }
 }

@@ -164,6 +164,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         None
     }
 
+    /// With [`Backend::written_generation`]: bytes written by the volumes whose usage can change while loam
+    /// looks away (attached thin images), measured now. [`Backend::written_bytes`] counts them as 0, so the
+    /// pool adds this to its reused sum.
+    fn written_live(&self) -> u64 {
+        0
+    }
+
     /// Stems of every backing present, to find ones that have no record.
     fn backings(&self) -> Result<Vec<String>>;
 
