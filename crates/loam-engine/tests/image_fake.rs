@@ -344,6 +344,38 @@ fn a_restart_finds_the_attachment_and_a_reboot_reattaches_without_reformatting()
 }
 
 #[test]
+fn a_start_looks_at_all_loop_devices_once_not_once_per_image() {
+    let s = Setup::new();
+    let cap = mount_cap("");
+    let staging = s.dir("staging");
+    let ids: Vec<String> = {
+        let e = s.open();
+        let ids: Vec<String> = (0..5)
+            .map(|i| create(&e, &format!("v{i}"), 10 * MIB, cap.clone()))
+            .collect();
+        stage(&e, &ids[0], &staging, &cap).unwrap();
+        ids
+    };
+    let (finds, unders) = (s.count("loop_find"), s.count("loop_find_under"));
+    let e = s.open();
+    // One look at all devices for the pool, and one for the image found attached (its own check).
+    assert_eq!(s.count("loop_find_under") - unders, 1);
+    assert_eq!(s.count("loop_find") - finds, 1);
+    // What it learnt holds: the staged volume is still attached, and the others stage on new devices.
+    stage(&e, &ids[0], &staging, &cap).unwrap();
+    assert_eq!(s.count("loop_attach"), 1);
+    let other = s.dir("staging-1");
+    stage(&e, &ids[1], &other, &cap).unwrap();
+    assert_eq!(s.count("loop_attach"), 2);
+    e.unstage(&ids[0], &staging).unwrap();
+    e.unstage(&ids[1], &other).unwrap();
+    for id in &ids {
+        e.delete_volume(id).unwrap();
+    }
+    assert!(s.host.loops().is_empty());
+}
+
+#[test]
 fn delete_detaches_a_leftover_attachment() {
     let s = Setup::new();
     let e = s.open();

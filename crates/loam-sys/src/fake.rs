@@ -518,6 +518,17 @@ impl Host for FakeHost {
         Ok(st.loops.get(&dev.number).is_some_and(|l| l.backing == file))
     }
 
+    fn loop_find_under(&self, dir: &Path) -> io::Result<Vec<(PathBuf, LoopDevice)>> {
+        let mut st = self.state();
+        self.enter(&mut st, "loop_find_under", dir.display().to_string())?;
+        Ok(st
+            .loops
+            .iter()
+            .filter(|(_, l)| l.backing.parent() == Some(dir))
+            .map(|(n, l)| (l.backing.clone(), Self::loop_device(*n)))
+            .collect())
+    }
+
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()> {
         let mut st = self.state();
         self.enter(&mut st, "loop_detach", dev.path.display().to_string())?;

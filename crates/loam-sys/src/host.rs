@@ -8,7 +8,10 @@
 //! directories (records, image files, volume directories) is not behind the seam: it needs no privilege and is
 //! tested on real temporary directories.
 
-use std::{fmt, io, path::Path};
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+};
 
 pub use crate::mount::{FileId, MountedAt};
 pub use crate::{
@@ -47,6 +50,8 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn loop_find(&self, file: &Path) -> io::Result<Vec<LoopDevice>>;
     /// Whether loop device `dev` is backed by `file` now (one device asked, none scanned).
     fn loop_backs(&self, dev: &LoopDevice, file: &Path) -> io::Result<bool>;
+    /// The loop devices backed by files directly in `dir` now, with each file's path (one look at all).
+    fn loop_find_under(&self, dir: &Path) -> io::Result<Vec<(PathBuf, LoopDevice)>>;
     /// Detaches a loop device; one that is not attached counts as detached.
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()>;
     /// How many loop devices are bound to files under `dir`.
@@ -157,6 +162,10 @@ impl Host for RealHost {
 
     fn loop_backs(&self, dev: &LoopDevice, file: &Path) -> io::Result<bool> {
         crate::loopdev::backs(dev, file)
+    }
+
+    fn loop_find_under(&self, dir: &Path) -> io::Result<Vec<(PathBuf, LoopDevice)>> {
+        crate::loopdev::find_under(dir)
     }
 
     fn loop_detach(&self, dev: &LoopDevice) -> io::Result<()> {

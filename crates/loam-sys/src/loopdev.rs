@@ -348,6 +348,37 @@ pub fn find(file: &Path) -> io::Result<Vec<LoopDevice>> {
     Ok(found)
 }
 
+/// Every loop device backed by a file directly in directory `dir`, with that file's path, from one look at all
+/// of them; each is confirmed as [`find`] confirms its devices. A missing `dir` gives none.
+pub fn find_under(dir: &Path) -> io::Result<Vec<(PathBuf, LoopDevice)>> {
+    let dir = match fs::canonicalize(dir) {
+        Ok(p) => p,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::context(e, format!("resolving {}", dir.display()))),
+    };
+    let mut found = Vec::new();
+    for number in loop_numbers()? {
+        let Some(text) = backing_file(number)? else {
+            continue;
+        };
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&text));
+        if path.parent() != Some(dir.as_path()) {
+            continue;
+        }
+        // A deleted backing file (` (deleted)`) or one replaced since resolves to nothing, or fails to confirm.
+        let Some((canonical, st)) = resolve(&path)? else {
+            continue;
+        };
+        if canonical == path
+            && let Some(dev) = confirm(number, &canonical, &st)?
+        {
+            found.push((path, dev));
+        }
+    }
+    found.sort_by_key(|(_, d)| d.number);
+    Ok(found)
+}
+
 /// Whether loop device `dev` is backed by `file` now: [`find`]'s test of one device, without looking at the
 /// others.
 pub fn backs(dev: &LoopDevice, file: &Path) -> io::Result<bool> {

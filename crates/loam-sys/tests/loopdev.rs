@@ -16,7 +16,7 @@ use std::{
 use common::{CONFIG, MIB, image, installed, setup};
 use loam_sys::{
     blockdev::{logical_block_size, size_bytes},
-    loopdev::{LoopConfig, LoopDevice, attach, backs, detach, direct_io, find},
+    loopdev::{LoopConfig, LoopDevice, attach, backs, detach, direct_io, find, find_under},
     mkfs::{make, signature},
     mount::{mount_fs, unmount},
     mountinfo::{MountInfo, MountTable},
@@ -286,6 +286,33 @@ fn a_replaced_or_deleted_file_is_not_found() {
     assert!(!backs(&dev, &img).unwrap(), "a new file at the path");
     attached.detach(&dev);
     assert!(!backs(&dev, &other).unwrap());
+}
+
+#[test]
+fn find_under_gives_the_devices_of_a_directorys_own_files() {
+    let Some((_dir, base)) = setup("find_under_gives_the_devices_of_a_directorys_own_files") else {
+        return;
+    };
+    let mut attached = Attached::default();
+    let (a, b) = (image(&base, "a.img", 16 * MIB), image(&base, "b.img", 16 * MIB));
+    fs::create_dir(base.join("sub")).unwrap();
+    let nested = image(&base.join("sub"), "c.img", 16 * MIB);
+    let (da, db) = (attached.attach(&a, &CONFIG), attached.attach(&b, &CONFIG));
+    let dc = attached.attach(&nested, &CONFIG);
+    let mut want = vec![(a.clone(), da.clone()), (b.clone(), db.clone())];
+    want.sort_by_key(|(_, d)| d.number);
+    assert_eq!(
+        find_under(&base).unwrap(),
+        want,
+        "only files directly in the directory"
+    );
+    assert_eq!(find_under(&base.join("sub")).unwrap(), vec![(nested.clone(), dc)]);
+    // A deleted backing file is not listed; a detached device neither.
+    fs::remove_file(&b).unwrap();
+    assert_eq!(find_under(&base).unwrap(), vec![(a.clone(), da.clone())]);
+    attached.detach(&da);
+    assert!(find_under(&base).unwrap().is_empty());
+    assert!(find_under(&base.join("missing")).unwrap().is_empty());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -47,6 +47,8 @@ pub struct ImageBackend {
     settled: Mutex<HashMap<String, u64>>,
     /// Bumped on every change to `settled` (see [`Backend::written_generation`]).
     settled_generation: AtomicU64,
+    /// Whether one look at all loop devices has told which images have one (see [`ImageBackend::learn`]).
+    learned: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +67,7 @@ impl ImageBackend {
             known: Mutex::default(),
             settled: Mutex::default(),
             settled_generation: AtomicU64::new(0),
+            learned: AtomicBool::new(false),
         }
     }
 
@@ -87,6 +90,16 @@ impl ImageBackend {
             Some(k) => known.insert(stem.to_owned(), k),
             None => known.remove(stem),
         };
+    }
+
+    /// After [`ImageBackend::learn`]: an image not known is detached; whether it was not known.
+    fn mark_detached_if_unknown(&self, stem: &str) -> bool {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.contains_key(stem) {
+            return false;
+        }
+        known.insert(stem.to_owned(), Known::Detached);
+        true
     }
 
     fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -125,6 +138,37 @@ impl ImageBackend {
             .unwrap_or_else(|e| e.into_inner())
             .get(stem)
             .cloned()
+    }
+
+    /// Learns from one look at all loop devices which images have one, once, so that checking every volume at
+    /// start-up is not a look at all loop devices per volume. Afterwards an image this process knows nothing
+    /// of had no device then, and loam has attached none to it since (an attach is remembered).
+    fn learn(&self) -> bool {
+        if self.learned.load(Ordering::Acquire) {
+            return true;
+        }
+        let found = match self.host.loop_find_under(&self.volumes) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(path = %self.volumes.display(), error = %e,
+                               "cannot list the loop devices of the pool's images; each is looked up alone");
+                return false;
+            }
+        };
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, dev) in found {
+            let stem = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(SUFFIX));
+            // A second device of the same image is found again by the check's own look, which reports it.
+            if let Some(stem) = stem.filter(|s| !s.starts_with('.')) {
+                self.unsettle(stem);
+                known.entry(stem.to_owned()).or_insert(Known::Attached(dev));
+            }
+        }
+        self.learned.store(true, Ordering::Release);
+        true
     }
 
     /// `volumes/.deleting-<stem>.img`: the name an image is set aside under while it is removed.
@@ -381,6 +425,10 @@ impl Backend for ImageBackend {
             )),
             // A volume this process detached (or made) has no device unless one was attached behind its back.
             Ok(m) if matches!(self.known(stem), Some(Known::Detached)) => {
+                self.settle(stem, &m);
+                None
+            }
+            Ok(m) if self.learn() && self.mark_detached_if_unknown(stem) => {
                 self.settle(stem, &m);
                 None
             }
