@@ -212,7 +212,7 @@ fn start_with_quotas(quotas: Quotas, extra: &str) -> (PoolFs, PathBuf, Server) {
 /// 4 MiB, EDQUOT past the size with the neighbour intact, and GetCapacity all along.
 async fn enforcement_and_usage(quotas: Quotas, capacity: Option<i64>) {
     let budget = capacity.map_or(String::new(), |c| format!("capacity = {c}\n"));
-    let (fs, pool_root, srv) = start_with_quotas(quotas, &budget);
+    let (fs, pool_root, mut srv) = start_with_quotas(quotas, &budget);
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
     let state = pool_state(&srv, POOL).await;
     assert!(
@@ -378,10 +378,31 @@ async fn enforcement_and_usage(quotas: Quotas, capacity: Option<i64>) {
     );
     assert_eq!(qb.max_referenced, Some(SIZE as u64));
 
-    // Everything goes; the pool offers what it did at start, about.
+    // What the pool offers does not move while its volumes write or free, is staged across a restart, or is
+    // unstaged: each block takes from the filesystem's free space what it adds to what the volumes wrote.
     std::fs::remove_file(a_dir.join("fill")).unwrap();
+    syncfs(&a_dir);
+    let steady = |now: u64, when: &str| {
+        assert!(
+            now.abs_diff(offered) <= 2 * MIB as u64,
+            "{when}: the pool offers {now} bytes, {offered} after a first wrote"
+        );
+    };
+    steady(check!("after the fill was removed"), "fill removed");
+    srv.stop();
+    srv.start_again();
+    (ctl, node) = (srv.controller().await, srv.node().await);
+    steady(check!("after a restart"), "after a restart, staged");
+    let a_dir = srv.in_ns(&a_target);
+    // Staged across the restart, a is still measured as it writes.
+    write_synced(&a_dir.join("more"), &pattern(6 * MIB as usize, 3));
+    syncfs(&a_dir);
+    steady(check!("after a wrote 6 MiB more"), "6 MiB more after the restart");
     unpublish_and_unstage(&mut node, &a, &a_staging, &a_target).await;
     unpublish_and_unstage(&mut node, &b, &b_staging, &b_target).await;
+    steady(check!("after unstage"), "unstaged");
+
+    // Everything goes; the pool offers what it did at start, about.
     for (id, _) in &volumes {
         delete(&mut ctl, id).await;
     }

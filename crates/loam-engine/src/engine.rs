@@ -152,6 +152,7 @@ impl Engine {
             repairs: std::sync::atomic::AtomicU64::new(pruned as u64),
             _lock: lock,
         };
+        let mounted = engine.notes.volumes();
         for pool in engine.pools.values() {
             if !pool.is_open() {
                 let reason = pool.degraded().unwrap_or_default();
@@ -170,6 +171,15 @@ impl Engine {
             if let Some(reason) = pool.degraded() {
                 warn!(pool = %pool.name, kind = %pool.kind(), %reason,
                       "pool cannot take new volumes until this is fixed; its volumes are kept");
+            }
+            // Volumes mounted across the restart may be written to now.
+            for id in &mounted {
+                if let Ok(vid) = VolumeId::parse(id)
+                    && vid.pool == pool.name
+                    && let Some(Entry::Ready(rec)) = pool.get(id)
+                {
+                    pool.backend.note_in_use(&rec.backing(&vid.file_stem()));
+                }
             }
         }
         Ok(engine)

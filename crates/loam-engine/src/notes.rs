@@ -206,6 +206,11 @@ impl Notes {
             .unwrap_or_default()
     }
 
+    /// Every volume some note is for.
+    pub fn volumes(&self) -> Vec<String> {
+        self.state().index.by_volume.keys().cloned().collect()
+    }
+
     /// How many notes there are.
     pub fn len(&self) -> usize {
         self.state().index.by_path.len()

@@ -6,15 +6,16 @@
 //! NodeGetVolumeStats reports the volume's own size and usage from its qgroup.
 
 use std::{
+    collections::{HashMap, HashSet},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use loam_sys::host::{Host, QuotaMode};
 use tracing::{info, warn};
 
-use super::{Attachment, Backend, ProvisionSpec, Usage, VolumeRef, dir};
+use super::{Attachment, Backend, ProvisionSpec, Usage, VolumeRef, dir, settled::Settled};
 use crate::{
     capability::Refusal,
     error::{Error, IoContext, Result},
@@ -29,6 +30,13 @@ const GRANULARITY: u64 = 4096;
 pub struct BtrfsBackend {
     volumes: PathBuf,
     host: Arc<dyn Host>,
+    /// Volumes staged now (attached, or found with mounts at start-up): only these can be written, so only these
+    /// are measured afresh for capacity.
+    in_use: Mutex<HashSet<String>>,
+    /// What every other volume's qgroup referenced when last read: at create, unstage and each check.
+    settled: Settled,
+    /// Each volume's subvolume ID, which never changes.
+    ids: Mutex<HashMap<String, u64>>,
 }
 
 /// Makes sure the filesystem holding `root` is btrfs with quotas on, turning them on as `choice` says when they are
@@ -99,18 +107,67 @@ pub fn prepare(
 impl BtrfsBackend {
     /// `volumes` is the pool's `volumes/` directory, on btrfs with quotas on (see [`prepare`]).
     pub fn new(volumes: PathBuf, host: Arc<dyn Host>) -> Self {
-        BtrfsBackend { volumes, host }
+        BtrfsBackend {
+            volumes,
+            host,
+            in_use: Mutex::default(),
+            settled: Settled::default(),
+            ids: Mutex::default(),
+        }
+    }
+
+    fn in_use(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.in_use.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes what volume `stem` references, unless it is in use (checked under the same lock that marks it so).
+    fn settle(&self, stem: &str, referenced: u64) {
+        let in_use = self.in_use();
+        if !in_use.contains(stem) {
+            self.settled.set(stem, referenced);
+        }
+    }
+
+    fn referenced(&self, stem: &str) -> Option<u64> {
+        let id = self.measured_id(stem)?;
+        Some(self.host.btrfs_qgroup(&self.volumes, id).ok()??.referenced)
     }
 
     fn path(&self, stem: &str) -> PathBuf {
         self.volumes.join(stem)
     }
 
+    /// The subvolume ID at the volume's path now (checks and deletes ask afresh: the path may have been
+    /// replaced by a plain directory); remembered for measuring.
     fn id(&self, stem: &str) -> Result<Option<u64>> {
         let path = self.path(stem);
-        self.host
+        let id = self
+            .host
             .btrfs_subvolume_id(&path)
-            .ctx(|| format!("looking up subvolume {}", path.display()))
+            .ctx(|| format!("looking up subvolume {}", path.display()))?;
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        match id {
+            Some(id) => ids.insert(stem.to_owned(), id),
+            None => ids.remove(stem),
+        };
+        Ok(id)
+    }
+
+    /// The volume's subvolume ID for measuring its qgroup: remembered, since a subvolume's ID never changes.
+    fn measured_id(&self, stem: &str) -> Option<u64> {
+        let known = self
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stem)
+            .copied();
+        known.or_else(|| self.id(stem).ok().flatten())
+    }
+
+    fn forget(&self, stem: &str) {
+        self.in_use().remove(stem);
+        self.settled.forget(stem);
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).remove(stem);
     }
 }
 
@@ -151,7 +208,11 @@ impl Backend for BtrfsBackend {
                     path.display(),
                     spec.capacity_bytes
                 )
-            })
+            })?;
+        if let Some(referenced) = self.referenced(spec.stem) {
+            self.settle(spec.stem, referenced);
+        }
+        Ok(())
     }
 
     fn destroy(&self, v: &VolumeRef<'_>) -> Result<()> {
@@ -175,7 +236,9 @@ impl Backend for BtrfsBackend {
         }
         self.host
             .btrfs_delete_subvolume(&self.volumes, stem)
-            .ctx(|| format!("deleting subvolume {}", path.display()))
+            .ctx(|| format!("deleting subvolume {}", path.display()))?;
+        self.forget(stem);
+        Ok(())
     }
 
     fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
@@ -187,7 +250,11 @@ impl Backend for BtrfsBackend {
             Ok(None) => return Some(format!("the volume's subvolume {} is missing", path.display())),
             Err(e) => return Some(e.to_string()),
         };
-        match self.host.btrfs_qgroup(&self.volumes, id) {
+        let q = self.host.btrfs_qgroup(&self.volumes, id);
+        if let Ok(Some(q)) = &q {
+            self.settle(stem, q.referenced);
+        }
+        match q {
             Ok(Some(q)) if q.max_referenced == Some(capacity_bytes) => None,
             Ok(Some(q)) => Some(format!(
                 "the quota limit of subvolume {} is {}, not the volume's size {capacity_bytes} (changed by hand?); \
@@ -231,14 +298,50 @@ impl Backend for BtrfsBackend {
     }
 
     fn attach(&self, v: &VolumeRef<'_>) -> Result<Attachment> {
+        self.note_in_use(v);
         Ok(Attachment::Directory(self.path(v.stem)))
     }
 
     fn attached(&self, v: &VolumeRef<'_>) -> Result<Option<Attachment>> {
-        self.attach(v).map(Some)
+        Ok(Some(Attachment::Directory(self.path(v.stem))))
     }
 
-    fn detach(&self, _v: &VolumeRef<'_>) -> Result<()> {
+    /// Unstaged, nothing writes to the subvolume any more: what it references is read once and kept.
+    fn detach(&self, v: &VolumeRef<'_>) -> Result<()> {
+        self.in_use().remove(v.stem);
+        match self.referenced(v.stem) {
+            Some(referenced) => self.settle(v.stem, referenced),
+            None => self.settled.forget(v.stem),
+        }
         Ok(())
+    }
+
+    fn note_in_use(&self, v: &VolumeRef<'_>) {
+        let mut in_use = self.in_use();
+        in_use.insert(v.stem.to_owned());
+        self.settled.forget(v.stem);
+    }
+
+    /// What each settled volume referenced (at most its size); a volume in use, or not read yet, counts as
+    /// nothing here (which holds back its whole size) and the former is measured by `written_live`.
+    fn written_bytes(&self, v: &VolumeRef<'_>) -> u64 {
+        self.settled.get(v.stem).map_or(0, |b| b.min(v.capacity_bytes))
+    }
+
+    fn written_generation(&self) -> Option<u64> {
+        Some(self.settled.generation())
+    }
+
+    /// The volumes staged now, each read from its qgroup (at most its limit).
+    fn written_live(&self) -> u64 {
+        let staged: Vec<String> = self.in_use().iter().cloned().collect();
+        staged
+            .iter()
+            .filter_map(|stem| {
+                let id = self.measured_id(stem)?;
+                let q = self.host.btrfs_qgroup(&self.volumes, id).ok()??;
+                Some(q.referenced.min(q.max_referenced.unwrap_or(u64::MAX)))
+            })
+            .fold(0u64, u64::saturating_add)
     }
 }

@@ -13,13 +13,13 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
 };
 
 use loam_sys::host::{Host, LoopConfig, LoopDevice};
 
-use super::{Attachment, Backend, Device, ProvisionSpec, Usage, VolumeRef, dir::DELETING};
+use super::{Attachment, Backend, Device, ProvisionSpec, Usage, VolumeRef, dir::DELETING, settled::Settled};
 use crate::{
     capability::{self, Refusal},
     error::{Error, IoContext, Result},
@@ -44,9 +44,7 @@ pub struct ImageBackend {
     /// loam's own hand, so a thin pool's capacity reads these from memory and asks the filesystem only about
     /// attached images. Measured when an image is made, detached or checked; dropped when it is attached or
     /// removed.
-    settled: Mutex<HashMap<String, u64>>,
-    /// Bumped on every change to `settled` (see [`Backend::written_generation`]).
-    settled_generation: AtomicU64,
+    settled: Settled,
     /// Whether one look at all loop devices has told which images have one (see [`ImageBackend::learn`]).
     learned: AtomicBool,
 }
@@ -65,8 +63,7 @@ impl ImageBackend {
             allocation,
             host,
             known: Mutex::default(),
-            settled: Mutex::default(),
-            settled_generation: AtomicU64::new(0),
+            settled: Settled::default(),
             learned: AtomicBool::new(false),
         }
     }
@@ -102,14 +99,8 @@ impl ImageBackend {
         true
     }
 
-    fn settled(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.settled.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn unsettle(&self, stem: &str) {
-        if self.settled().remove(stem).is_some() {
-            self.settled_generation.fetch_add(1, Ordering::AcqRel);
-        }
+        self.settled.forget(stem);
     }
 
     /// Notes what image `stem`, known to have no loop device, has allocated (`m` is its file's metadata).
@@ -119,10 +110,7 @@ impl ImageBackend {
         if !matches!(known.get(stem), Some(Known::Detached)) {
             return;
         }
-        let bytes = m.blocks().saturating_mul(512);
-        if self.settled().insert(stem.to_owned(), bytes) != Some(bytes) {
-            self.settled_generation.fetch_add(1, Ordering::AcqRel);
-        }
+        self.settled.set(stem, m.blocks().saturating_mul(512));
     }
 
     /// [`ImageBackend::settle`] with a fresh look at the file; a file that cannot be read is left unsettled.
@@ -458,10 +446,7 @@ impl Backend for ImageBackend {
     fn written_bytes(&self, v: &VolumeRef<'_>) -> u64 {
         match self.allocation {
             Allocation::Thick => v.capacity_bytes,
-            Allocation::Thin => self
-                .settled()
-                .get(v.stem)
-                .map_or(0, |b| (*b).min(v.capacity_bytes)),
+            Allocation::Thin => self.settled.get(v.stem).map_or(0, |b| b.min(v.capacity_bytes)),
         }
     }
 
@@ -470,7 +455,7 @@ impl Backend for ImageBackend {
     fn written_generation(&self) -> Option<u64> {
         Some(match self.allocation {
             Allocation::Thick => 0,
-            Allocation::Thin => self.settled_generation.load(Ordering::Acquire),
+            Allocation::Thin => self.settled.generation(),
         })
     }
 

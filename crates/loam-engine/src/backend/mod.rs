@@ -17,6 +17,7 @@ pub mod btrfs;
 pub mod device;
 pub mod dir;
 pub mod image;
+mod settled;
 
 /// Space used inside one volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +171,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn written_live(&self) -> u64 {
         0
     }
+
+    /// Told at start-up of each volume that loam's notes say is mounted: it may be written to now.
+    fn note_in_use(&self, _v: &VolumeRef<'_>) {}
 
     /// Stems of every backing present, to find ones that have no record.
     fn backings(&self) -> Result<Vec<String>>;
