@@ -152,7 +152,6 @@ impl Engine {
             repairs: std::sync::atomic::AtomicU64::new(pruned as u64),
             _lock: lock,
         };
-        let mounted = engine.notes.volumes();
         for pool in engine.pools.values() {
             if !pool.is_open() {
                 let reason = pool.degraded().unwrap_or_default();
@@ -172,14 +171,14 @@ impl Engine {
                 warn!(pool = %pool.name, kind = %pool.kind(), %reason,
                       "pool cannot take new volumes until this is fixed; its volumes are kept");
             }
-            // Volumes mounted across the restart may be written to now.
-            for id in &mounted {
-                if let Ok(vid) = VolumeId::parse(id)
-                    && vid.pool == pool.name
-                    && let Some(Entry::Ready(rec)) = pool.get(id)
-                {
-                    pool.backend.note_in_use(&rec.backing(&vid.file_stem()));
-                }
+        }
+        // Volumes mounted across the restart may be written to now.
+        for id in engine.notes.volumes() {
+            if let Ok(vid) = VolumeId::parse(&id)
+                && let Some(pool) = engine.pools.get(&vid.pool)
+                && let Some(Entry::Ready(rec)) = pool.get(&id)
+            {
+                pool.backend.note_in_use(&rec.backing(&vid.file_stem()));
             }
         }
         Ok(engine)
@@ -418,12 +417,7 @@ impl Engine {
     }
 
     fn to_volume(&self, pool: &Pool, rec: &VolumeRecord) -> Volume {
-        self.volume_in(pool, pool.degraded(), rec)
-    }
-
-    /// [`Engine::to_volume`] with the pool's state already read (`degraded`), for listings of many volumes.
-    fn volume_in(&self, pool: &Pool, degraded: Option<String>, rec: &VolumeRecord) -> Volume {
-        let abnormal = degraded.or_else(|| match rec.volume_id() {
+        let abnormal = pool.degraded().or_else(|| match rec.volume_id() {
             Ok(vid) => pool.backend.check(&rec.backing(&vid.file_stem())),
             Err(e) => Some(e.to_string()),
         });

@@ -12,7 +12,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use loam_sys::host::{Host, QuotaMode};
+use loam_sys::host::{Host, Qgroup, QuotaMode};
 use tracing::{info, warn};
 
 use super::{Attachment, Backend, ProvisionSpec, Usage, VolumeRef, dir, settled::Settled};
@@ -128,9 +128,10 @@ impl BtrfsBackend {
         }
     }
 
-    fn referenced(&self, stem: &str) -> Option<u64> {
+    /// The volume's qgroup now, for measuring; `None` when it cannot be read.
+    fn measured_qgroup(&self, stem: &str) -> Option<Qgroup> {
         let id = self.measured_id(stem)?;
-        Some(self.host.btrfs_qgroup(&self.volumes, id).ok()??.referenced)
+        self.host.btrfs_qgroup(&self.volumes, id).ok()?
     }
 
     fn path(&self, stem: &str) -> PathBuf {
@@ -209,8 +210,8 @@ impl Backend for BtrfsBackend {
                     spec.capacity_bytes
                 )
             })?;
-        if let Some(referenced) = self.referenced(spec.stem) {
-            self.settle(spec.stem, referenced);
+        if let Some(q) = self.measured_qgroup(spec.stem) {
+            self.settle(spec.stem, q.referenced);
         }
         Ok(())
     }
@@ -309,8 +310,8 @@ impl Backend for BtrfsBackend {
     /// Unstaged, nothing writes to the subvolume any more: what it references is read once and kept.
     fn detach(&self, v: &VolumeRef<'_>) -> Result<()> {
         self.in_use().remove(v.stem);
-        match self.referenced(v.stem) {
-            Some(referenced) => self.settle(v.stem, referenced),
+        match self.measured_qgroup(v.stem) {
+            Some(q) => self.settle(v.stem, q.referenced),
             None => self.settled.forget(v.stem),
         }
         Ok(())
@@ -337,11 +338,8 @@ impl Backend for BtrfsBackend {
         let staged: Vec<String> = self.in_use().iter().cloned().collect();
         staged
             .iter()
-            .filter_map(|stem| {
-                let id = self.measured_id(stem)?;
-                let q = self.host.btrfs_qgroup(&self.volumes, id).ok()??;
-                Some(q.referenced.min(q.max_referenced.unwrap_or(u64::MAX)))
-            })
+            .filter_map(|stem| self.measured_qgroup(stem))
+            .map(|q| q.referenced.min(q.max_referenced.unwrap_or(u64::MAX)))
             .fold(0u64, u64::saturating_add)
     }
 }

@@ -81,7 +81,7 @@ impl ImageBackend {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         // An attached or removed image's allocation is no longer settled.
         if !matches!(k, Some(Known::Detached)) {
-            self.unsettle(stem);
+            self.settled.forget(stem);
         }
         match k {
             Some(k) => known.insert(stem.to_owned(), k),
@@ -97,10 +97,6 @@ impl ImageBackend {
         }
         known.insert(stem.to_owned(), Known::Detached);
         true
-    }
-
-    fn unsettle(&self, stem: &str) {
-        self.settled.forget(stem);
     }
 
     /// Notes what image `stem`, known to have no loop device, has allocated (`m` is its file's metadata).
@@ -151,7 +147,7 @@ impl ImageBackend {
                 .and_then(|n| n.strip_suffix(SUFFIX));
             // A second device of the same image is found again by the check's own look, which reports it.
             if let Some(stem) = stem.filter(|s| !s.starts_with('.')) {
-                self.unsettle(stem);
+                self.settled.forget(stem);
                 known.entry(stem.to_owned()).or_insert(Known::Attached(dev));
             }
         }
@@ -412,11 +408,11 @@ impl Backend for ImageBackend {
                 m.len()
             )),
             // A volume this process detached (or made) has no device unless one was attached behind its back.
-            Ok(m) if matches!(self.known(stem), Some(Known::Detached)) => {
-                self.settle(stem, &m);
-                None
-            }
-            Ok(m) if self.learn() && self.mark_detached_if_unknown(stem) => {
+            // So is one not found attached by the one look at all devices, nor attached by loam since.
+            Ok(m)
+                if matches!(self.known(stem), Some(Known::Detached))
+                    || (self.learn() && self.mark_detached_if_unknown(stem)) =>
+            {
                 self.settle(stem, &m);
                 None
             }
