@@ -624,6 +624,92 @@ async fn btrfs_volume_survives_restart_and_a_limit_changed_by_hand_is_abnormal_a
     drop(srv);
 }
 
+/// ListVolumes checks a page's subvolumes in one batch; what it says of each must be what ControllerGetVolume,
+/// which checks one volume on its own, says.
+#[tokio::test]
+async fn btrfs_list_volumes_pages_say_what_each_volume_checked_alone_says() {
+    if !can_run("btrfs_list_volumes_pages_say_what_each_volume_checked_alone_says") {
+        return;
+    }
+    let fs = PoolFs::btrfs(FS_BYTES);
+    let (pool_root, toml) = btrfs_pool(&fs, "");
+    let srv = Server::start_with_config(NODE, |_| toml, &[]);
+    let mut ctl = srv.controller().await;
+    let mut ids = Vec::new();
+    for name in ["healthy", "gone", "plain", "limit", "unlimited"] {
+        let id = create_with(&mut ctl, create_in(POOL, name, SIZE, vec![snw()]))
+            .await
+            .volume_id;
+        ids.push((name, id));
+    }
+    let volumes = pool_root.join("volumes");
+    let path = |name: &str| subvolume(&pool_root, &ids.iter().find(|(n, _)| *n == name).unwrap().1);
+    // By hand: one subvolume deleted, one replaced by a plain directory, one limit changed, one removed.
+    let stem = |name: &str| path(name).file_name().unwrap().to_str().unwrap().to_owned();
+    loam_sys::btrfs::delete_subvolume(&volumes, &stem("gone")).unwrap();
+    loam_sys::btrfs::delete_subvolume(&volumes, &stem("plain")).unwrap();
+    std::fs::create_dir(path("plain")).unwrap();
+    loam_sys::btrfs::set_limit(&volumes, subvolume_id(&path("limit")), MIB as u64).unwrap();
+    loam_sys::btrfs::set_limit(&volumes, subvolume_id(&path("unlimited")), u64::MAX).unwrap();
+
+    let want = |name: &str, m: &str| match name {
+        "healthy" => m == "volume is healthy",
+        "gone" => m.contains("missing"),
+        "plain" => m.contains("is not a subvolume"),
+        "limit" => m.contains("quota limit") && m.contains(&MIB.to_string()) && m.contains(&SIZE.to_string()),
+        "unlimited" => m.contains("quota limit") && m.contains("is none"),
+        _ => unreachable!(),
+    };
+    for max_entries in [0, 2] {
+        let entries: Vec<_> = list_entry_pages(&mut ctl, max_entries)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(entries.len(), ids.len(), "max_entries {max_entries}: {entries:?}");
+        for e in entries {
+            let id = e.volume.expect("volume").volume_id;
+            let (name, _) = ids.iter().find(|(_, i)| *i == id).unwrap();
+            let listed = e
+                .status
+                .and_then(|s| s.volume_condition)
+                .expect("VOLUME_CONDITION");
+            assert_eq!(listed.abnormal, *name != "healthy", "{name}: {listed:?}");
+            assert!(want(name, &listed.message), "{name}: {listed:?}");
+            assert_eq!(
+                listed,
+                controller_condition(&mut ctl, &id).await,
+                "{name}: ListVolumes and ControllerGetVolume disagree"
+            );
+        }
+    }
+
+    // Put right by hand, all are healthy again in the listing.
+    std::fs::remove_dir(path("plain")).unwrap();
+    for name in ["gone", "plain"] {
+        loam_sys::btrfs::create_subvolume(&volumes, &stem(name)).unwrap();
+        loam_sys::btrfs::set_limit(&volumes, subvolume_id(&path(name)), SIZE as u64).unwrap();
+    }
+    for name in ["limit", "unlimited"] {
+        loam_sys::btrfs::set_limit(&volumes, subvolume_id(&path(name)), SIZE as u64).unwrap();
+    }
+    let listed = ok(ctl.list_volumes(csi::ListVolumesRequest::default()).await);
+    assert_eq!(listed.entries.len(), ids.len());
+    for e in listed.entries {
+        let cond = e
+            .status
+            .and_then(|s| s.volume_condition)
+            .expect("VOLUME_CONDITION");
+        assert!(!cond.abnormal, "{cond:?}");
+    }
+    for (_, id) in &ids {
+        delete(&mut ctl, id).await;
+    }
+    srv.assert_no_mounts();
+    drop(ctl);
+    drop(srv);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // 4. A btrfs pool on another filesystem
 

@@ -11,7 +11,9 @@
 //!
 //! Usage and limits are read from sysfs, `/sys/fs/btrfs/<fsid>/qgroups/`
 //! ([`qgroup`], [`qgroup_ids`]), which is O(1) per quota group; its numbers are
-//! updated when a transaction commits, not on every write.
+//! updated when a transaction commits, not on every write. A page of volumes
+//! is checked with [`subvolumes`]: one `statx` and one search of the quota
+//! tree for the limit item per subvolume, instead of a dozen opens and reads.
 //!
 //! Deleting a subvolume ([`delete_subvolume`]) only unlinks it: the kernel's
 //! cleaner thread drops its trees later, and only then can its quota group go
@@ -24,13 +26,16 @@ use std::{
     fs,
     io::{self, ErrorKind},
     mem::size_of,
-    os::{fd::OwnedFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use rustix::{
-    fs::{FileType, Mode, OFlags, StatFs, fstat, fstatfs, open, openat},
+    fs::{AtFlags, FileType, Mode, OFlags, StatFs, Statx, StatxFlags, fstat, fstatfs, open, openat},
     io::Errno,
     ioctl::{NoArg, Opcode, Setter, Updater, ioctl, opcode},
 };
@@ -75,6 +80,9 @@ const KICK_INTERVAL: Duration = Duration::from_secs(1);
 
 const SYSFS_BTRFS: &str = "/sys/fs/btrfs";
 
+/// `STATX_SUBVOL` of linux/stat.h (Linux 6.10+): `stx_subvol` is the subvolume's id.
+const STATX_SUBVOL: StatxFlags = StatxFlags::from_bits_retain(0x8000);
+
 // Ioctls of linux/btrfs.h. Their numbers encode the argument's size, so they
 // are computed from the structs below (and checked against the header's
 // values in the tests).
@@ -99,6 +107,12 @@ const BTRFS_QGROUP_LIMIT_MAX_EXCL: u64 = 1 << 1;
 /// The tree of tree roots, and the key type of a subvolume's root item in it.
 const BTRFS_ROOT_TREE_OBJECTID: u64 = 1;
 const BTRFS_ROOT_ITEM_KEY: u32 = 132;
+/// The quota tree, and the key type of its quota group limit items (the key
+/// is `(0, BTRFS_QGROUP_LIMIT_KEY, qgroupid)`).
+const BTRFS_QUOTA_TREE_OBJECTID: u64 = 8;
+const BTRFS_QGROUP_LIMIT_KEY: u32 = 244;
+/// `struct btrfs_ioctl_search_header`: transid, objectid, offset, type, len.
+const SEARCH_HEADER_BYTES: usize = 32;
 
 /// Longest name of a directory entry.
 const NAME_MAX: usize = 255;
@@ -629,17 +643,38 @@ fn remove_qgroup(fd: &OwnedFd, id: u64) -> Result<(), Errno> {
 /// (`BTRFS_IOC_TREE_SEARCH`, needs `CAP_SYS_ADMIN`). This is what the kernel
 /// checks before it lets a level-0 quota group be removed.
 fn subvolume_dropped(fd: &OwnedFd, id: u64) -> Result<bool, Errno> {
+    let args = search_first(
+        fd,
+        BTRFS_ROOT_TREE_OBJECTID,
+        id,
+        BTRFS_ROOT_ITEM_KEY,
+        0..=u64::MAX,
+    )?;
+    Ok(args.key.nr_items == 0)
+}
+
+/// `BTRFS_IOC_TREE_SEARCH` for the first item of tree `tree_id` with this
+/// object id and key type and an offset in `offsets` (needs `CAP_SYS_ADMIN`).
+/// `nr_items` of the returned key says whether there is one; if so, the
+/// buffer holds its `struct btrfs_ioctl_search_header` and then its data.
+fn search_first(
+    fd: &OwnedFd,
+    tree_id: u64,
+    objectid: u64,
+    key_type: u32,
+    offsets: std::ops::RangeInclusive<u64>,
+) -> Result<SearchArgs, Errno> {
     let mut args = SearchArgs {
         key: SearchKey {
-            tree_id: BTRFS_ROOT_TREE_OBJECTID,
-            min_objectid: id,
-            max_objectid: id,
-            min_offset: 0,
-            max_offset: u64::MAX,
+            tree_id,
+            min_objectid: objectid,
+            max_objectid: objectid,
+            min_offset: *offsets.start(),
+            max_offset: *offsets.end(),
             min_transid: 0,
             max_transid: u64::MAX,
-            min_type: BTRFS_ROOT_ITEM_KEY,
-            max_type: BTRFS_ROOT_ITEM_KEY,
+            min_type: key_type,
+            max_type: key_type,
             nr_items: 1,
             unused: 0,
             unused1: 0,
@@ -654,7 +689,7 @@ fn subvolume_dropped(fd: &OwnedFd, id: u64) -> Result<bool, Errno> {
     // with at most `nr_items` items), which SearchArgs reproduces
     // (#[repr(C)], size checked in the tests).
     unsafe { ioctl(fd, Updater::<BTRFS_IOC_TREE_SEARCH, SearchArgs>::new(&mut args)) }?;
-    Ok(args.key.nr_items == 0)
+    Ok(args)
 }
 
 /// `BTRFS_IOC_SYNC`: flushes delalloc, commits the transaction and wakes the
@@ -895,32 +930,51 @@ pub fn set_limit(path: &Path, id: u64, bytes: u64) -> io::Result<()> {
 
 /// Reads a number from sysfs attribute `attr`; `None` if it is missing.
 fn read_number(attr: &Path) -> io::Result<Option<u64>> {
-    let text = match fs::read_to_string(attr) {
-        Ok(text) => text,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(crate::context(e, format!("reading {}", attr.display()))),
+    read_number_at(rustix::fs::CWD, attr, Path::new(""))
+}
+
+/// Reads a number from sysfs attribute `rel` under directory `dir` (shown as
+/// `shown`); `None` if it is missing.
+fn read_number_at(dir: impl AsFd, rel: &Path, shown: &Path) -> io::Result<Option<u64>> {
+    let attr = || shown.join(rel);
+    let fd = match openat(dir, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(crate::context(e, format!("opening {}", attr().display()))),
     };
+    // A sysfs number is one short line, returned by the first read.
+    let mut buf = [0u8; 32];
+    let n = rustix::io::read(&fd, &mut buf)
+        .map_err(|e| crate::context(e, format!("reading {}", attr().display())))?;
+    let text = String::from_utf8_lossy(&buf[..n]);
     text.trim_end().parse().map(Some).map_err(|_| {
         io::Error::new(
             ErrorKind::InvalidData,
-            format!("{}: unexpected content {:?}", attr.display(), text.trim_end()),
+            format!("{}: unexpected content {:?}", attr().display(), text.trim_end()),
         )
     })
 }
 
-/// Quota group `0/<id>` of the filesystem holding `path`, from sysfs
-/// `/sys/fs/btrfs/<fsid>/qgroups/0_<id>/`; `None` when there is no such
-/// quota group (or quotas are off). O(1): reads a few attributes, never walks
-/// anything.
-///
-/// A limit is there when its bit is set in the quota group's `limit_flags`
-/// (the kernel prints an unset `max_referenced` as 0).
-pub fn qgroup(path: &Path, id: u64) -> io::Result<Option<Qgroup>> {
+/// The filesystem's `qgroups` sysfs directory, opened, and its path; `None`
+/// when quotas are off (there is no such directory).
+fn open_qgroups(fd: &OwnedFd, path: &Path) -> io::Result<Option<(OwnedFd, PathBuf)>> {
+    let dir = sysfs_dir(fd, path)?.join("qgroups");
+    match open(
+        &dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(qfd) => Ok(Some((qfd, dir))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(crate::context(e, format!("opening {}", dir.display()))),
+    }
+}
+
+/// Quota group `0/<id>` from the opened `qgroups` sysfs directory.
+fn qgroup_at(qgroups: &OwnedFd, shown: &Path, id: u64) -> io::Result<Option<Qgroup>> {
     check_qgroup_id(id)?;
-    let fd = open_on_btrfs(path)?;
-    let dir = sysfs_dir(&fd, path)?.join("qgroups").join(format!("0_{id}"));
     // Any attribute missing means the quota group was removed meanwhile.
-    let read = |name: &str| read_number(&dir.join(name));
+    let read = |name: &str| read_number_at(qgroups, Path::new(&format!("0_{id}/{name}")), shown);
     let Some(referenced) = read("referenced")? else {
         return Ok(None);
     };
@@ -943,6 +997,152 @@ pub fn qgroup(path: &Path, id: u64) -> io::Result<Option<Qgroup>> {
         max_referenced: limit(BTRFS_QGROUP_LIMIT_MAX_RFER, max_referenced),
         max_exclusive: limit(BTRFS_QGROUP_LIMIT_MAX_EXCL, max_exclusive),
     }))
+}
+
+/// Quota group `0/<id>` of the filesystem holding `path`, from sysfs
+/// `/sys/fs/btrfs/<fsid>/qgroups/0_<id>/`; `None` when there is no such
+/// quota group (or quotas are off). O(1): reads a few attributes, never walks
+/// anything.
+///
+/// A limit is there when its bit is set in the quota group's `limit_flags`
+/// (the kernel prints an unset `max_referenced` as 0).
+pub fn qgroup(path: &Path, id: u64) -> io::Result<Option<Qgroup>> {
+    check_qgroup_id(id)?;
+    let fd = open_on_btrfs(path)?;
+    match open_qgroups(&fd, path)? {
+        Some((qfd, shown)) => qgroup_at(&qfd, &shown, id),
+        None => Ok(None),
+    }
+}
+
+/// A quota group's limit on the bytes its subvolume references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The subvolume has no quota group (or quotas are off).
+    NoQgroup,
+    /// It has one, without that limit.
+    Unlimited,
+    Bytes(u64),
+}
+
+impl Limit {
+    /// The limit of quota group `q`, as [`qgroup`] reads it.
+    pub fn of(q: Option<&Qgroup>) -> Limit {
+        match q {
+            None => Limit::NoQgroup,
+            Some(Qgroup {
+                max_referenced: None, ..
+            }) => Limit::Unlimited,
+            Some(Qgroup {
+                max_referenced: Some(b),
+                ..
+            }) => Limit::Bytes(*b),
+        }
+    }
+}
+
+/// A subvolume as [`subvolumes`] finds it.
+#[derive(Debug)]
+pub struct Subvolume {
+    /// The subvolume's id.
+    pub id: u64,
+    /// Its quota group's limit.
+    pub limit: io::Result<Limit>,
+}
+
+/// For each of `names`, what [`subvolume_id`] of `dir/<name>` gives and the
+/// limit [`qgroup`] shows for that id, for many volumes at once: `dir` is
+/// opened once, and each name costs one `statx` relative to it (which gives
+/// the subvolume's id, Linux 6.10+) and one `BTRFS_IOC_TREE_SEARCH` for its
+/// quota group's limit item (needs `CAP_SYS_ADMIN`). The kernel writes that
+/// item in the same call that sets the limit, so it is never behind. A name
+/// that is not a plain component is an error of its own; a `dir` that cannot
+/// be opened or is not on btrfs fails them all.
+pub fn subvolumes(dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
+    let fd = open_dir_on_btrfs(dir)?;
+    let here = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+        .map_err(|e| crate::context(e, format!("statx of {}", dir.display())))?;
+    let one = |name: &str| -> io::Result<Option<Subvolume>> {
+        if !crate::fs::is_single_component(name) {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("{name:?} is not a file name"),
+            ));
+        }
+        let Some(id) = subvolume_id_at(&fd, &here, dir, name)? else {
+            return Ok(None);
+        };
+        let limit = limit_item(&fd, id).map_err(|e| {
+            crate::context(
+                e,
+                format!(
+                    "reading the limit of quota group 0/{id} on {} (BTRFS_IOC_TREE_SEARCH)",
+                    dir.display()
+                ),
+            )
+        });
+        Ok(Some(Subvolume { id, limit }))
+    };
+    Ok(names.iter().map(|name| one(name)).collect())
+}
+
+/// Quota group `0/<id>`'s limit, from its limit item in the quota tree.
+fn limit_item(fd: &OwnedFd, id: u64) -> Result<Limit, Errno> {
+    let args = match search_first(fd, BTRFS_QUOTA_TREE_OBJECTID, 0, BTRFS_QGROUP_LIMIT_KEY, id..=id) {
+        Ok(args) => args,
+        // No quota tree: quotas are off.
+        Err(Errno::NOENT) => return Ok(Limit::NoQgroup),
+        Err(e) => return Err(e),
+    };
+    if args.key.nr_items == 0 {
+        return Ok(Limit::NoQgroup);
+    }
+    // The header, then `struct btrfs_qgroup_limit_item` (flags, max_rfer,
+    // max_excl, rsv_rfer, rsv_excl; little-endian).
+    let word = |at: usize| u64::from_le_bytes(args.buf[at..at + 8].try_into().expect("8 bytes"));
+    let (offset, kind) = (
+        word(16),
+        u32::from_ne_bytes(args.buf[24..28].try_into().expect("4 bytes")),
+    );
+    let len = u32::from_ne_bytes(args.buf[28..32].try_into().expect("4 bytes")) as usize;
+    if offset != id || kind != BTRFS_QGROUP_LIMIT_KEY || len < 16 {
+        return Err(Errno::IO);
+    }
+    let (flags, max_rfer) = (word(SEARCH_HEADER_BYTES), word(SEARCH_HEADER_BYTES + 8));
+    Ok(
+        if flags & BTRFS_QGROUP_LIMIT_MAX_RFER != 0 && max_rfer != u64::MAX {
+            Limit::Bytes(max_rfer)
+        } else {
+            Limit::Unlimited
+        },
+    )
+}
+
+/// [`subvolume_id`] of `dir/<name>`, `dir` open as `fd` with `statx` `here`:
+/// one `statx` when it shows a directory on `dir`'s mount and gives the
+/// subvolume, else as [`subvolume_id`] asks.
+fn subvolume_id_at(fd: &OwnedFd, here: &Statx, dir: &Path, name: &str) -> io::Result<Option<u64>> {
+    let want = StatxFlags::TYPE | StatxFlags::INO | StatxFlags::MNT_ID | STATX_SUBVOL;
+    let st = match rustix::fs::statx(fd, name, AtFlags::SYMLINK_NOFOLLOW, want) {
+        Ok(st) => st,
+        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
+        Err(e) => {
+            return Err(crate::context(
+                e,
+                format!("statx of {}", dir.join(name).display()),
+            ));
+        }
+    };
+    if FileType::from_raw_mode(st.stx_mode.into()) != FileType::Directory {
+        return Ok(None);
+    }
+    let same_mount =
+        st.stx_mask & here.stx_mask & StatxFlags::MNT_ID.bits() != 0 && st.stx_mnt_id == here.stx_mnt_id;
+    if same_mount && st.stx_mask & STATX_SUBVOL.bits() != 0 {
+        return Ok((st.stx_ino == BTRFS_FIRST_FREE_OBJECTID).then_some(st.stx_subvol));
+    }
+    // Another filesystem mounted there, or a kernel before 6.10.
+    subvolume_id(&dir.join(name))
 }
 
 /// Ids of every level-0 quota group of the filesystem holding `path` (from

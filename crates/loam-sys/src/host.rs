@@ -15,7 +15,7 @@ use std::{
 
 pub use crate::mount::{FileId, MountedAt};
 pub use crate::{
-    btrfs::{Qgroup, QuotaMode},
+    btrfs::{Limit, Qgroup, QuotaMode, Subvolume},
     loopdev::{LoopConfig, LoopDevice},
     quota::{ProjectQuotaState, ProjectUsage},
 };
@@ -99,6 +99,19 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn btrfs_set_limit(&self, path: &Path, id: u64, bytes: u64) -> io::Result<()>;
     /// Qgroup 0/`id`'s accounting and limits, if it exists.
     fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>>;
+    /// [`Host::btrfs_subvolume_id`] of `dir/<name>` and the limit [`Host::btrfs_qgroup`] shows for its id, for
+    /// each of `names`: a page of volumes checked at once.
+    fn btrfs_subvolumes(&self, dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
+        Ok(names
+            .iter()
+            .map(|name| {
+                Ok(self.btrfs_subvolume_id(&dir.join(name))?.map(|id| Subvolume {
+                    id,
+                    limit: self.btrfs_qgroup(dir, id).map(|q| Limit::of(q.as_ref())),
+                }))
+            })
+            .collect())
+    }
 
     /// Project quota on the filesystem holding `path`; `None` when it has none.
     fn project_quota_state(&self, path: &Path) -> io::Result<Option<ProjectQuotaState>>;
@@ -254,6 +267,10 @@ impl Host for RealHost {
 
     fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>> {
         crate::btrfs::qgroup(path, id)
+    }
+
+    fn btrfs_subvolumes(&self, dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
+        crate::btrfs::subvolumes(dir, names)
     }
 
     fn project_quota_state(&self, path: &Path) -> io::Result<Option<ProjectQuotaState>> {

@@ -18,8 +18,8 @@ use std::{
 use common::{Attached, CONFIG, MIB, image, root_with, syncfs, write_file};
 use loam_sys::{
     btrfs::{
-        QuotaMode, create_subvolume, delete_subvolume, enable_quota, fsid, is_btrfs, qgroup, qgroup_ids,
-        quota_mode, rescan_running, set_limit, subvolume_id,
+        Limit, QuotaMode, create_subvolume, delete_subvolume, enable_quota, fsid, is_btrfs, qgroup,
+        qgroup_ids, quota_mode, rescan_running, set_limit, subvolume_id, subvolumes,
     },
     loopdev::{LoopDevice, attach},
     mount::mount_fs,
@@ -233,6 +233,92 @@ fn subvolume_ids() {
     assert!(!b.mnt.join("a").exists());
     // Without quotas there are no quota groups.
     assert_eq!(qgroup(&b.mnt, id).unwrap(), None);
+}
+
+/// `subvolumes`, for a page of names, against `subvolume_id` and `qgroup` one at a time.
+fn subvolumes_of_a_page(test: &str, simple: bool) {
+    let Some(b) = btrfs(test) else {
+        return;
+    };
+    let dir = b.mnt.join("volumes");
+    fs::create_dir(&dir).unwrap();
+    let a = create_subvolume(&dir, "a").unwrap();
+    let c = create_subvolume(&dir, "c").unwrap();
+    fs::create_dir(dir.join("plain")).unwrap();
+    fs::write(dir.join("file"), b"x").unwrap();
+    symlink("a", dir.join("link")).unwrap();
+    // Another mount of subvolume a over a plain directory: not on the directory's own mount.
+    fs::create_dir(dir.join("bound")).unwrap();
+    loam_sys::mount::bind(&dir.join("a"), &dir.join("bound"), false).unwrap();
+    let _bound = Mounted(dir.join("bound"));
+    let names = ["a", "c", "plain", "file", "link", "missing", "bound"];
+    let page = || -> Vec<Option<(u64, Limit)>> {
+        subvolumes(&dir, &names)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.unwrap().map(|s| (s.id, s.limit.unwrap())))
+            .collect()
+    };
+    let one_at_a_time = || -> Vec<Option<(u64, Limit)>> {
+        names
+            .iter()
+            .map(|n| {
+                subvolume_id(&dir.join(n))
+                    .unwrap()
+                    .map(|id| (id, Limit::of(qgroup(&dir, id).unwrap().as_ref())))
+            })
+            .collect()
+    };
+    let shown = |la: Limit, lc: Limit| {
+        vec![
+            Some((a, la)),
+            Some((c, lc)),
+            None,
+            None,
+            None,
+            None,
+            Some((a, la)),
+        ]
+    };
+
+    // Without quotas, no quota groups.
+    assert_eq!(page(), one_at_a_time());
+    assert_eq!(page(), shown(Limit::NoQgroup, Limit::NoQgroup));
+
+    // With quotas: a limit shows at once, before any commit, as sysfs shows it; so does its removal.
+    enable(&b.mnt, simple);
+    assert_eq!(page(), shown(Limit::Unlimited, Limit::Unlimited));
+    set_limit(&dir, a, 8 * MIB).unwrap();
+    assert_eq!(page(), one_at_a_time());
+    assert_eq!(page(), shown(Limit::Bytes(8 * MIB), Limit::Unlimited));
+    write_file(&dir.join("c/data"), 2 * MIB).unwrap();
+    set_limit(&dir, c, 64 * MIB).unwrap();
+    set_limit(&dir, a, u64::MAX).unwrap();
+    assert_eq!(page(), one_at_a_time());
+    assert_eq!(page(), shown(Limit::Unlimited, Limit::Bytes(64 * MIB)));
+    syncfs(&b.mnt);
+    assert_eq!(page(), one_at_a_time());
+
+    // A name that is not a plain component is refused on its own; the others are still answered.
+    let found = subvolumes(&dir, &["../volumes/a", "a", ""]).unwrap();
+    for bad in [&found[0], &found[2]] {
+        let err = bad.as_ref().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    }
+    assert_eq!(found[1].as_ref().unwrap().as_ref().unwrap().id, a);
+    // A directory not on btrfs fails the whole page.
+    let err = subvolumes(b.dir.path(), &["a"]).unwrap_err();
+    assert!(err.to_string().contains("not on btrfs"), "{err}");
+}
+
+#[test]
+fn subvolumes_of_a_page_with_simple_quotas() {
+    subvolumes_of_a_page("subvolumes_of_a_page_with_simple_quotas", true);
+}
+
+#[test]
+fn subvolumes_of_a_page_with_full_quotas() {
+    subvolumes_of_a_page("subvolumes_of_a_page_with_full_quotas", false);
 }
 
 /// Limits, EDQUOT and usage, with simple or full quotas.

@@ -12,7 +12,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use loam_sys::host::{Host, Qgroup, QuotaMode};
+use loam_sys::host::{Host, Limit, Qgroup, QuotaMode, Subvolume};
 use tracing::{info, warn};
 
 use super::{Attachment, Backend, ProvisionSpec, Usage, VolumeRef, dir, settled::Settled};
@@ -165,6 +165,46 @@ impl BtrfsBackend {
         known.or_else(|| self.id(stem).ok().flatten())
     }
 
+    /// What a check makes of the subvolume found at the volume's path: why the volume is not healthy, if it is
+    /// not. Remembers the subvolume's ID.
+    fn judge(&self, v: &VolumeRef<'_>, found: std::io::Result<Option<Subvolume>>) -> Option<String> {
+        let (stem, capacity_bytes) = (v.stem, v.capacity_bytes);
+        let path = self.path(stem);
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => return Some(format!("looking up subvolume {}: {e}", path.display())),
+        };
+        {
+            let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            match &found {
+                Some(f) => ids.insert(stem.to_owned(), f.id),
+                None => ids.remove(stem),
+            };
+        }
+        let limit = match found {
+            Some(f) => f.limit,
+            None if path.exists() => return Some(format!("{} is not a subvolume", path.display())),
+            None => return Some(format!("the volume's subvolume {} is missing", path.display())),
+        };
+        let differs = |shown: String| {
+            Some(format!(
+                "the quota limit of subvolume {} is {shown}, not the volume's size {capacity_bytes} (changed by \
+                 hand?); loam leaves it as it is",
+                path.display()
+            ))
+        };
+        match limit {
+            Ok(Limit::Bytes(b)) if b == capacity_bytes => None,
+            Ok(Limit::Bytes(b)) => differs(b.to_string()),
+            Ok(Limit::Unlimited) => differs("none".to_owned()),
+            Ok(Limit::NoQgroup) => Some(format!(
+                "subvolume {} has no qgroup: its size is not enforced",
+                path.display()
+            )),
+            Err(e) => Some(format!("cannot read the qgroup of {}: {e}", path.display())),
+        }
+    }
+
     fn forget(&self, stem: &str) {
         self.in_use().remove(stem);
         self.settled.forget(stem);
@@ -243,32 +283,30 @@ impl Backend for BtrfsBackend {
     }
 
     fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
-        let (stem, capacity_bytes) = (v.stem, v.capacity_bytes);
-        let path = self.path(stem);
-        let id = match self.id(stem) {
-            Ok(Some(id)) => id,
-            Ok(None) if path.exists() => return Some(format!("{} is not a subvolume", path.display())),
-            Ok(None) => return Some(format!("the volume's subvolume {} is missing", path.display())),
-            Err(e) => return Some(e.to_string()),
-        };
-        let q = self.host.btrfs_qgroup(&self.volumes, id);
-        if let Ok(Some(q)) = &q {
-            self.settle(stem, q.referenced);
-        }
-        match q {
-            Ok(Some(q)) if q.max_referenced == Some(capacity_bytes) => None,
-            Ok(Some(q)) => Some(format!(
-                "the quota limit of subvolume {} is {}, not the volume's size {capacity_bytes} (changed by hand?); \
-                 loam leaves it as it is",
-                path.display(),
-                q.max_referenced
-                    .map_or_else(|| "none".to_owned(), |b| b.to_string())
-            )),
-            Ok(None) => Some(format!(
-                "subvolume {} has no qgroup: its size is not enforced",
-                path.display()
-            )),
-            Err(e) => Some(format!("cannot read the qgroup of {}: {e}", path.display())),
+        let found = self.host.btrfs_subvolume_id(&self.path(v.stem)).map(|id| {
+            id.map(|id| {
+                let q = self.host.btrfs_qgroup(&self.volumes, id);
+                if let Ok(Some(q)) = &q {
+                    self.settle(v.stem, q.referenced);
+                }
+                Subvolume {
+                    id,
+                    limit: q.map(|q| Limit::of(q.as_ref())),
+                }
+            })
+        });
+        self.judge(v, found)
+    }
+
+    /// The checks of a ListVolumes page: one lookup of all the page's subvolumes and their limits.
+    fn check_many(&self, vs: &[VolumeRef<'_>]) -> Vec<Option<String>> {
+        let names: Vec<&str> = vs.iter().map(|v| v.stem).collect();
+        match self.host.btrfs_subvolumes(&self.volumes, &names) {
+            Ok(found) => vs.iter().zip(found).map(|(v, f)| self.judge(v, f)).collect(),
+            Err(e) => {
+                let why = format!("cannot look up the subvolumes in {}: {e}", self.volumes.display());
+                vs.iter().map(|_| Some(why.clone())).collect()
+            }
         }
     }
 
