@@ -382,7 +382,7 @@ impl Engine {
 
     /// Finds a volume by ID. Malformed IDs and unknown ones are NOT_FOUND; a well-formed ID of another node that
     /// is not in our records is refused by name.
-    pub(crate) fn lookup(&self, id: &str) -> Result<(VolumeId, Arc<Pool>, VolumeRecord)> {
+    pub(crate) fn lookup(&self, id: &str) -> Result<(VolumeId, Arc<Pool>, Arc<VolumeRecord>)> {
         let not_found = || Error::VolumeNotFound {
             id: id.to_owned(),
             node: self.node_id.clone(),
@@ -660,7 +660,7 @@ impl Engine {
             )));
         }
         if pool.backend.intent_records() {
-            rec.state = VolumeState::Deleting;
+            Arc::make_mut(&mut rec).state = VolumeState::Deleting;
             pool.store.save(&rec)?;
         }
         pool.backend.destroy(&rec.backing(&vid.file_stem()))?;
@@ -751,7 +751,7 @@ impl Engine {
         } else {
             max_entries + 1
         };
-        let mut recs: Vec<(VolumeRecord, &Arc<Pool>)> = self
+        let mut recs: Vec<(Arc<VolumeRecord>, &Arc<Pool>)> = self
             .pools
             .values()
             .flat_map(|p| p.page_from(start, want).into_iter().map(move |r| (r, p)))

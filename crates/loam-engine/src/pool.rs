@@ -51,12 +51,9 @@ pub struct Marker {
 
 /// What the pool knows of a volume.
 #[derive(Debug, Clone)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every entry is Ready; boxing would add an allocation per volume"
-)]
 pub enum Entry {
-    Ready(VolumeRecord),
+    /// Shared, so a lookup or a ListVolumes page copies no record.
+    Ready(Arc<VolumeRecord>),
     /// Its record could not be used; operations on it are refused until an operator repairs it.
     Quarantined(String),
 }
@@ -249,7 +246,7 @@ impl Pool {
 
     /// Up to `limit` records of usable (not quarantined) volumes from ID `start` on, in ID order: one page's
     /// worth, without copying the rest.
-    pub fn page_from(&self, start: &str, limit: usize) -> Vec<VolumeRecord> {
+    pub fn page_from(&self, start: &str, limit: usize) -> Vec<Arc<VolumeRecord>> {
         self.state()
             .volumes
             .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
@@ -639,7 +636,7 @@ impl Pool {
     pub fn insert_reserved(&self, rec: VolumeRecord) {
         let mut st = self.state();
         st.written = None;
-        st.volumes.insert(rec.id.clone(), Entry::Ready(rec));
+        st.volumes.insert(rec.id.clone(), Entry::Ready(Arc::new(rec)));
     }
 
     /// Adds a record found at start-up, taking its bytes even past the total: what exists is counted.
@@ -653,7 +650,7 @@ impl Pool {
         if let Some(d) = &rec.device {
             st.disks.insert(d.entry.clone());
         }
-        st.volumes.insert(rec.id.clone(), Entry::Ready(rec));
+        st.volumes.insert(rec.id.clone(), Entry::Ready(Arc::new(rec)));
     }
 
     pub fn quarantine(&self, id: String, reason: String) {
