@@ -34,6 +34,9 @@ const RESERVED_PREFIX: &str = "csi.storage.k8s.io/";
 /// Volume context key carrying the pool name to node calls.
 pub const CONTEXT_POOL: &str = "loam.csi/pool";
 
+/// How many volumes start-up checks at once.
+const START_CHECK_BATCH: usize = 512;
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub node_id: String,
@@ -204,6 +207,8 @@ impl Engine {
             pool.quarantine(id, reason);
             known.insert(stem);
         }
+        // Volumes that need no repair, checked many at a time once the loop is done.
+        let mut ready: Vec<(String, VolumeRecord)> = Vec::new();
         for rec in loaded.records {
             let vid = rec.volume_id()?;
             match rec.state {
@@ -229,11 +234,8 @@ impl Engine {
                     }
                 }
                 VolumeState::Ready => {
-                    if let Some(problem) = pool.backend.check(&rec.backing(&vid.file_stem())) {
-                        warn!(volume.id = %rec.id, pool = %pool.name, %problem, "volume is abnormal");
-                    }
                     known.insert(vid.file_stem());
-                    pool.insert_loaded(rec);
+                    ready.push((vid.file_stem(), rec));
                 }
                 VolumeState::Creating | VolumeState::Deleting => {
                     info!(volume.id = %rec.id, state = ?rec.state, "finishing an interrupted operation by removing the volume");
@@ -258,6 +260,17 @@ impl Engine {
                     }
                 }
             }
+        }
+        for chunk in ready.chunks(START_CHECK_BATCH) {
+            let refs: Vec<VolumeRef<'_>> = chunk.iter().map(|(stem, rec)| rec.backing(stem)).collect();
+            for ((_, rec), problem) in chunk.iter().zip(pool.backend.check_all(&refs)) {
+                if let Some(problem) = problem {
+                    warn!(volume.id = %rec.id, pool = %pool.name, %problem, "volume is abnormal");
+                }
+            }
+        }
+        for (_, rec) in ready {
+            pool.insert_loaded(rec);
         }
         for stem in pool.backend.reclaim(&known)? {
             warn!(pool = %pool.name, backing = %stem, "backing has no record; left in place for an operator");

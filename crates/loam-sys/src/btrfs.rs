@@ -1048,20 +1048,29 @@ pub struct Subvolume {
     pub id: u64,
     /// Its quota group's limit.
     pub limit: io::Result<Limit>,
+    /// What its quota group references, when asked for and readable.
+    pub referenced: Option<u64>,
 }
 
 /// For each of `names`, what [`subvolume_id`] of `dir/<name>` gives and the
 /// limit [`qgroup`] shows for that id, for many volumes at once: `dir` is
 /// opened once, and each name costs one `statx` relative to it (which gives
 /// the subvolume's id, Linux 6.10+) and one `BTRFS_IOC_TREE_SEARCH` for its
-/// quota group's limit item (needs `CAP_SYS_ADMIN`). The kernel writes that
-/// item in the same call that sets the limit, so it is never behind. A name
-/// that is not a plain component is an error of its own; a `dir` that cannot
-/// be opened or is not on btrfs fails them all.
-pub fn subvolumes(dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
+/// quota group's limit item (needs `CAP_SYS_ADMIN`; without it, sysfs is
+/// read). The kernel writes that item in the same call that sets the limit,
+/// so it is never behind. With `referenced`, what each quota group references
+/// is read too, from sysfs relative to one open of its `qgroups` directory.
+/// A name that is not a plain component is an error of its own; a `dir` that
+/// cannot be opened or is not on btrfs fails them all.
+pub fn subvolumes(
+    dir: &Path,
+    names: &[&str],
+    referenced: bool,
+) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
     let fd = open_dir_on_btrfs(dir)?;
     let here = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
         .map_err(|e| crate::context(e, format!("statx of {}", dir.display())))?;
+    let qgroups = if referenced { open_qgroups(&fd, dir)? } else { None };
     let one = |name: &str| -> io::Result<Option<Subvolume>> {
         if !crate::fs::is_single_component(name) {
             return Err(io::Error::new(
@@ -1072,16 +1081,28 @@ pub fn subvolumes(dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<Optio
         let Some(id) = subvolume_id_at(&fd, &here, dir, name)? else {
             return Ok(None);
         };
-        let limit = limit_item(&fd, id).map_err(|e| {
-            crate::context(
+        let limit = match limit_item(&fd, id) {
+            Ok(limit) => Ok(limit),
+            // Without CAP_SYS_ADMIN, sysfs still tells.
+            Err(Errno::PERM) => qgroup(dir, id).map(|q| Limit::of(q.as_ref())),
+            Err(e) => Err(crate::context(
                 e,
                 format!(
                     "reading the limit of quota group 0/{id} on {} (BTRFS_IOC_TREE_SEARCH)",
                     dir.display()
                 ),
-            )
+            )),
+        };
+        let referenced = qgroups.as_ref().and_then(|(qfd, shown)| {
+            read_number_at(qfd, Path::new(&format!("0_{id}/referenced")), shown)
+                .ok()
+                .flatten()
         });
-        Ok(Some(Subvolume { id, limit }))
+        Ok(Some(Subvolume {
+            id,
+            limit,
+            referenced,
+        }))
     };
     Ok(names.iter().map(|name| one(name)).collect())
 }

@@ -99,15 +99,29 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn btrfs_set_limit(&self, path: &Path, id: u64, bytes: u64) -> io::Result<()>;
     /// Qgroup 0/`id`'s accounting and limits, if it exists.
     fn btrfs_qgroup(&self, path: &Path, id: u64) -> io::Result<Option<Qgroup>>;
-    /// [`Host::btrfs_subvolume_id`] of `dir/<name>` and the limit [`Host::btrfs_qgroup`] shows for its id, for
-    /// each of `names`: a page of volumes checked at once.
-    fn btrfs_subvolumes(&self, dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
+    /// [`Host::btrfs_subvolume_id`] of `dir/<name>` and the limit [`Host::btrfs_qgroup`] shows for its id (and,
+    /// with `referenced`, what it references), for each of `names`: many volumes checked at once.
+    fn btrfs_subvolumes(
+        &self,
+        dir: &Path,
+        names: &[&str],
+        referenced: bool,
+    ) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
         Ok(names
             .iter()
             .map(|name| {
-                Ok(self.btrfs_subvolume_id(&dir.join(name))?.map(|id| Subvolume {
-                    id,
-                    limit: self.btrfs_qgroup(dir, id).map(|q| Limit::of(q.as_ref())),
+                Ok(self.btrfs_subvolume_id(&dir.join(name))?.map(|id| {
+                    let q = self.btrfs_qgroup(dir, id);
+                    Subvolume {
+                        id,
+                        referenced: q
+                            .as_ref()
+                            .ok()
+                            .and_then(|q| q.as_ref())
+                            .filter(|_| referenced)
+                            .map(|q| q.referenced),
+                        limit: q.map(|q| Limit::of(q.as_ref())),
+                    }
                 }))
             })
             .collect())
@@ -269,8 +283,13 @@ impl Host for RealHost {
         crate::btrfs::qgroup(path, id)
     }
 
-    fn btrfs_subvolumes(&self, dir: &Path, names: &[&str]) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
-        crate::btrfs::subvolumes(dir, names)
+    fn btrfs_subvolumes(
+        &self,
+        dir: &Path,
+        names: &[&str],
+        referenced: bool,
+    ) -> io::Result<Vec<io::Result<Option<Subvolume>>>> {
+        crate::btrfs::subvolumes(dir, names, referenced)
     }
 
     fn project_quota_state(&self, path: &Path) -> io::Result<Option<ProjectQuotaState>> {

@@ -253,11 +253,35 @@ fn subvolumes_of_a_page(test: &str, simple: bool) {
     let _bound = Mounted(dir.join("bound"));
     let names = ["a", "c", "plain", "file", "link", "missing", "bound"];
     let page = || -> Vec<Option<(u64, Limit)>> {
-        subvolumes(&dir, &names)
+        subvolumes(&dir, &names, false)
             .unwrap()
             .into_iter()
-            .map(|f| f.unwrap().map(|s| (s.id, s.limit.unwrap())))
+            .map(|f| {
+                f.unwrap().map(|s| {
+                    assert_eq!(s.referenced, None, "not asked for");
+                    (s.id, s.limit.unwrap())
+                })
+            })
             .collect()
+    };
+    // With what each references, against sysfs one at a time (once committed, so that neither moves).
+    let referenced_agree = || {
+        let got: Vec<Option<u64>> = subvolumes(&dir, &names, true)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.unwrap().and_then(|s| s.referenced))
+            .collect();
+        let want: Vec<Option<u64>> = names
+            .iter()
+            .map(|n| {
+                subvolume_id(&dir.join(n))
+                    .unwrap()
+                    .and_then(|id| qgroup(&dir, id).unwrap())
+                    .map(|q| q.referenced)
+            })
+            .collect();
+        assert_eq!(got, want);
+        got
     };
     let one_at_a_time = || -> Vec<Option<(u64, Limit)>> {
         names
@@ -284,6 +308,7 @@ fn subvolumes_of_a_page(test: &str, simple: bool) {
     // Without quotas, no quota groups.
     assert_eq!(page(), one_at_a_time());
     assert_eq!(page(), shown(Limit::NoQgroup, Limit::NoQgroup));
+    assert_eq!(referenced_agree(), [None; 7]);
 
     // With quotas: a limit shows at once, before any commit, as sysfs shows it; so does its removal.
     enable(&b.mnt, simple);
@@ -298,16 +323,28 @@ fn subvolumes_of_a_page(test: &str, simple: bool) {
     assert_eq!(page(), shown(Limit::Unlimited, Limit::Bytes(64 * MIB)));
     syncfs(&b.mnt);
     assert_eq!(page(), one_at_a_time());
+    let referenced = referenced_agree();
+    assert!(referenced[1].unwrap() >= 2 * MIB, "{referenced:?}");
+    // Without CAP_SYS_ADMIN (this thread's only), the tree cannot be searched and sysfs tells the same.
+    let caps = rustix::thread::capabilities(None).unwrap();
+    let without = rustix::thread::CapabilitySets {
+        effective: caps.effective - rustix::thread::CapabilitySet::SYS_ADMIN,
+        ..caps
+    };
+    rustix::thread::set_capabilities(None, without).unwrap();
+    let unprivileged = page();
+    rustix::thread::set_capabilities(None, caps).unwrap();
+    assert_eq!(unprivileged, shown(Limit::Unlimited, Limit::Bytes(64 * MIB)));
 
     // A name that is not a plain component is refused on its own; the others are still answered.
-    let found = subvolumes(&dir, &["../volumes/a", "a", ""]).unwrap();
+    let found = subvolumes(&dir, &["../volumes/a", "a", ""], false).unwrap();
     for bad in [&found[0], &found[2]] {
         let err = bad.as_ref().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     }
     assert_eq!(found[1].as_ref().unwrap().as_ref().unwrap().id, a);
     // A directory not on btrfs fails the whole page.
-    let err = subvolumes(b.dir.path(), &["a"]).unwrap_err();
+    let err = subvolumes(b.dir.path(), &["a"], true).unwrap_err();
     assert!(err.to_string().contains("not on btrfs"), "{err}");
 }
 

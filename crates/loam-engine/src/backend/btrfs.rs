@@ -165,6 +165,30 @@ impl BtrfsBackend {
         known.or_else(|| self.id(stem).ok().flatten())
     }
 
+    /// Checks `vs` with one lookup of their subvolumes; with `settle`, also notes what each references.
+    fn check_batch(&self, vs: &[VolumeRef<'_>], settle: bool) -> Vec<Option<String>> {
+        let names: Vec<&str> = vs.iter().map(|v| v.stem).collect();
+        match self.host.btrfs_subvolumes(&self.volumes, &names, settle) {
+            Ok(found) => vs
+                .iter()
+                .zip(found)
+                .map(|(v, f)| {
+                    if let Ok(Some(Subvolume {
+                        referenced: Some(b), ..
+                    })) = &f
+                    {
+                        self.settle(v.stem, *b);
+                    }
+                    self.judge(v, f)
+                })
+                .collect(),
+            Err(e) => {
+                let why = format!("cannot look up the subvolumes in {}: {e}", self.volumes.display());
+                vs.iter().map(|_| Some(why.clone())).collect()
+            }
+        }
+    }
+
     /// What a check makes of the subvolume found at the volume's path: why the volume is not healthy, if it is
     /// not. Remembers the subvolume's ID.
     fn judge(&self, v: &VolumeRef<'_>, found: std::io::Result<Option<Subvolume>>) -> Option<String> {
@@ -282,32 +306,19 @@ impl Backend for BtrfsBackend {
         Ok(())
     }
 
+    /// One volume's check, which also settles what it references.
     fn check(&self, v: &VolumeRef<'_>) -> Option<String> {
-        let found = self.host.btrfs_subvolume_id(&self.path(v.stem)).map(|id| {
-            id.map(|id| {
-                let q = self.host.btrfs_qgroup(&self.volumes, id);
-                if let Ok(Some(q)) = &q {
-                    self.settle(v.stem, q.referenced);
-                }
-                Subvolume {
-                    id,
-                    limit: q.map(|q| Limit::of(q.as_ref())),
-                }
-            })
-        });
-        self.judge(v, found)
+        self.check_batch(std::slice::from_ref(v), true).pop().flatten()
     }
 
     /// The checks of a ListVolumes page: one lookup of all the page's subvolumes and their limits.
     fn check_many(&self, vs: &[VolumeRef<'_>]) -> Vec<Option<String>> {
-        let names: Vec<&str> = vs.iter().map(|v| v.stem).collect();
-        match self.host.btrfs_subvolumes(&self.volumes, &names) {
-            Ok(found) => vs.iter().zip(found).map(|(v, f)| self.judge(v, f)).collect(),
-            Err(e) => {
-                let why = format!("cannot look up the subvolumes in {}: {e}", self.volumes.display());
-                vs.iter().map(|_| Some(why.clone())).collect()
-            }
-        }
+        self.check_batch(vs, false)
+    }
+
+    /// The start-up checks, which also settle what each volume references.
+    fn check_all(&self, vs: &[VolumeRef<'_>]) -> Vec<Option<String>> {
+        self.check_batch(vs, true)
     }
 
     fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage> {

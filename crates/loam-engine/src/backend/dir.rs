@@ -303,6 +303,10 @@ impl Backend for DirBackend {
             .collect()
     }
 
+    fn check_all(&self, vs: &[VolumeRef<'_>]) -> Vec<Option<String>> {
+        self.check_many(vs)
+    }
+
     fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage> {
         match &self.mode {
             Mode::Quota { .. } => {

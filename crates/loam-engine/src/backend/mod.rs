@@ -149,6 +149,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
         vs.iter().map(|v| self.check(v)).collect()
     }
 
+    /// The checks of every volume at start-up, many at once, in their order: as [`Backend::check`], which also
+    /// notes what each has written where the backend keeps such notes.
+    fn check_all(&self, vs: &[VolumeRef<'_>]) -> Vec<Option<String>> {
+        vs.iter().map(|v| self.check(v)).collect()
+    }
+
     /// Space the volume's data takes now, measured in O(1) (quota accounting, or a cached measurement).
     fn usage(&self, v: &VolumeRef<'_>) -> Result<Usage>;
 
