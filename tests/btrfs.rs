@@ -401,6 +401,11 @@ async fn enforcement_and_usage(quotas: Quotas, capacity: Option<i64>) {
     unpublish_and_unstage(&mut node, &a, &a_staging, &a_target).await;
     unpublish_and_unstage(&mut node, &b, &b_staging, &b_target).await;
     steady(check!("after unstage"), "unstaged");
+    // Unstaged across a restart: what each references is read again at start-up.
+    srv.stop();
+    srv.start_again();
+    (ctl, node) = (srv.controller().await, srv.node().await);
+    steady(check!("after a restart, unstaged"), "after a restart, unstaged");
 
     // Everything goes; the pool offers what it did at start, about.
     for (id, _) in &volumes {
