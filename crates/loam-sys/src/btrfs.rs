@@ -643,8 +643,10 @@ fn remove_qgroup(fd: &OwnedFd, id: u64) -> Result<(), Errno> {
 /// (`BTRFS_IOC_TREE_SEARCH`, needs `CAP_SYS_ADMIN`). This is what the kernel
 /// checks before it lets a level-0 quota group be removed.
 fn subvolume_dropped(fd: &OwnedFd, id: u64) -> Result<bool, Errno> {
-    let args = search_first(
+    let mut args = search_args();
+    search_first(
         fd,
+        &mut args,
         BTRFS_ROOT_TREE_OBJECTID,
         id,
         BTRFS_ROOT_ITEM_KEY,
@@ -654,28 +656,56 @@ fn subvolume_dropped(fd: &OwnedFd, id: u64) -> Result<bool, Errno> {
 }
 
 /// `BTRFS_IOC_TREE_SEARCH` for the first item of tree `tree_id` with this
-/// object id and key type and an offset in `offsets` (needs `CAP_SYS_ADMIN`).
-/// `nr_items` of the returned key says whether there is one; if so, the
-/// buffer holds its `struct btrfs_ioctl_search_header` and then its data.
+/// object id and key type and an offset in `offsets` (needs `CAP_SYS_ADMIN`),
+/// into `args`, which a caller searching many times reuses (the kernel reads
+/// only its key). `nr_items` of its key then says whether there is one; if so,
+/// the buffer holds its `struct btrfs_ioctl_search_header` and then its data.
 fn search_first(
     fd: &OwnedFd,
+    args: &mut SearchArgs,
     tree_id: u64,
     objectid: u64,
     key_type: u32,
     offsets: std::ops::RangeInclusive<u64>,
-) -> Result<SearchArgs, Errno> {
-    let mut args = SearchArgs {
+) -> Result<(), Errno> {
+    args.key = SearchKey {
+        tree_id,
+        min_objectid: objectid,
+        max_objectid: objectid,
+        min_offset: *offsets.start(),
+        max_offset: *offsets.end(),
+        min_transid: 0,
+        max_transid: u64::MAX,
+        min_type: key_type,
+        max_type: key_type,
+        nr_items: 1,
+        unused: 0,
+        unused1: 0,
+        unused2: 0,
+        unused3: 0,
+        unused4: 0,
+    };
+    // SAFETY: BTRFS_IOC_TREE_SEARCH reads and writes a `struct
+    // btrfs_ioctl_search_args` (a key and a 3992-byte buffer the kernel fills
+    // with at most `nr_items` items), which SearchArgs reproduces
+    // (#[repr(C)], size checked in the tests).
+    unsafe { ioctl(fd, Updater::<BTRFS_IOC_TREE_SEARCH, SearchArgs>::new(args)) }
+}
+
+/// A search buffer for [`search_first`], zeroed.
+fn search_args() -> Box<SearchArgs> {
+    Box::new(SearchArgs {
         key: SearchKey {
-            tree_id,
-            min_objectid: objectid,
-            max_objectid: objectid,
-            min_offset: *offsets.start(),
-            max_offset: *offsets.end(),
+            tree_id: 0,
+            min_objectid: 0,
+            max_objectid: 0,
+            min_offset: 0,
+            max_offset: 0,
             min_transid: 0,
-            max_transid: u64::MAX,
-            min_type: key_type,
-            max_type: key_type,
-            nr_items: 1,
+            max_transid: 0,
+            min_type: 0,
+            max_type: 0,
+            nr_items: 0,
             unused: 0,
             unused1: 0,
             unused2: 0,
@@ -683,13 +713,7 @@ fn search_first(
             unused4: 0,
         },
         buf: [0; 4096 - size_of::<SearchKey>()],
-    };
-    // SAFETY: BTRFS_IOC_TREE_SEARCH reads and writes a `struct
-    // btrfs_ioctl_search_args` (a key and a 3992-byte buffer the kernel fills
-    // with at most `nr_items` items), which SearchArgs reproduces
-    // (#[repr(C)], size checked in the tests).
-    unsafe { ioctl(fd, Updater::<BTRFS_IOC_TREE_SEARCH, SearchArgs>::new(&mut args)) }?;
-    Ok(args)
+    })
 }
 
 /// `BTRFS_IOC_SYNC`: flushes delalloc, commits the transaction and wakes the
@@ -1071,7 +1095,9 @@ pub fn subvolumes(
     let here = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
         .map_err(|e| crate::context(e, format!("statx of {}", dir.display())))?;
     let qgroups = if referenced { open_qgroups(&fd, dir)? } else { None };
-    let one = |name: &str| -> io::Result<Option<Subvolume>> {
+    // One search buffer for them all.
+    let mut args = search_args();
+    let mut one = |name: &str| -> io::Result<Option<Subvolume>> {
         if !crate::fs::is_single_component(name) {
             return Err(io::Error::new(
                 ErrorKind::InvalidInput,
@@ -1081,7 +1107,7 @@ pub fn subvolumes(
         let Some(id) = subvolume_id_at(&fd, &here, dir, name)? else {
             return Ok(None);
         };
-        let limit = match limit_item(&fd, id) {
+        let limit = match limit_item(&fd, &mut args, id) {
             Ok(limit) => Ok(limit),
             // Without CAP_SYS_ADMIN, sysfs still tells.
             Err(Errno::PERM) => qgroup(dir, id).map(|q| Limit::of(q.as_ref())),
@@ -1108,13 +1134,20 @@ pub fn subvolumes(
 }
 
 /// Quota group `0/<id>`'s limit, from its limit item in the quota tree.
-fn limit_item(fd: &OwnedFd, id: u64) -> Result<Limit, Errno> {
-    let args = match search_first(fd, BTRFS_QUOTA_TREE_OBJECTID, 0, BTRFS_QGROUP_LIMIT_KEY, id..=id) {
-        Ok(args) => args,
+fn limit_item(fd: &OwnedFd, args: &mut SearchArgs, id: u64) -> Result<Limit, Errno> {
+    match search_first(
+        fd,
+        args,
+        BTRFS_QUOTA_TREE_OBJECTID,
+        0,
+        BTRFS_QGROUP_LIMIT_KEY,
+        id..=id,
+    ) {
+        Ok(()) => {}
         // No quota tree: quotas are off.
         Err(Errno::NOENT) => return Ok(Limit::NoQgroup),
         Err(e) => return Err(e),
-    };
+    }
     if args.key.nr_items == 0 {
         return Ok(Limit::NoQgroup);
     }

@@ -201,9 +201,14 @@ impl BtrfsBackend {
         {
             let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
             match &found {
-                Some(f) => ids.insert(stem.to_owned(), f.id),
-                None => ids.remove(stem),
-            };
+                Some(f) if ids.get(stem) == Some(&f.id) => {}
+                Some(f) => {
+                    ids.insert(stem.to_owned(), f.id);
+                }
+                None => {
+                    ids.remove(stem);
+                }
+            }
         }
         let limit = match found {
             Some(f) => f.limit,
