@@ -18,6 +18,15 @@ use tonic::Code;
 
 /// A server with a pool of exactly 16 GiB, so capacity arithmetic is exact whatever the disk.
 fn start() -> Server {
+    // A dir pool offers at most what its filesystem has free: these tests count on all of its 16 GiB.
+    let free = loam_sys::statfs::statfs(&std::env::temp_dir())
+        .expect("statfs of the temp directory")
+        .available_bytes;
+    assert!(
+        free >= 16 * GIB as u64,
+        "the conformance tests need 16 GiB free on the temp directory's filesystem ({} has {free} bytes)",
+        std::env::temp_dir().display()
+    );
     Server::start(NODE, &["--capacity", "16Gi"])
 }
 
