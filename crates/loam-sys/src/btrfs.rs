@@ -1151,18 +1151,18 @@ fn limit_item(fd: &OwnedFd, args: &mut SearchArgs, id: u64) -> Result<Limit, Err
     if args.key.nr_items == 0 {
         return Ok(Limit::NoQgroup);
     }
-    // The header, then `struct btrfs_qgroup_limit_item` (flags, max_rfer,
-    // max_excl, rsv_rfer, rsv_excl; little-endian).
-    let word = |at: usize| u64::from_le_bytes(args.buf[at..at + 8].try_into().expect("8 bytes"));
-    let (offset, kind) = (
-        word(16),
-        u32::from_ne_bytes(args.buf[24..28].try_into().expect("4 bytes")),
-    );
-    let len = u32::from_ne_bytes(args.buf[28..32].try_into().expect("4 bytes")) as usize;
+    // The header (in the CPU's byte order), then the item as stored on disk,
+    // little-endian: `struct btrfs_qgroup_limit_item` (flags, max_rfer,
+    // max_excl, rsv_rfer, rsv_excl).
+    let bytes = |at: usize, n: usize| &args.buf[at..at + n];
+    let offset = u64::from_ne_bytes(bytes(16, 8).try_into().expect("8 bytes"));
+    let kind = u32::from_ne_bytes(bytes(24, 4).try_into().expect("4 bytes"));
+    let len = u32::from_ne_bytes(bytes(28, 4).try_into().expect("4 bytes")) as usize;
     if offset != id || kind != BTRFS_QGROUP_LIMIT_KEY || len < 16 {
         return Err(Errno::IO);
     }
-    let (flags, max_rfer) = (word(SEARCH_HEADER_BYTES), word(SEARCH_HEADER_BYTES + 8));
+    let le = |at: usize| u64::from_le_bytes(bytes(SEARCH_HEADER_BYTES + at, 8).try_into().expect("8 bytes"));
+    let (flags, max_rfer) = (le(0), le(8));
     Ok(
         if flags & BTRFS_QGROUP_LIMIT_MAX_RFER != 0 && max_rfer != u64::MAX {
             Limit::Bytes(max_rfer)
