@@ -130,7 +130,7 @@ struct VolArgs {
 
 /// `struct btrfs_ioctl_search_key`.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct SearchKey {
     tree_id: u64,
     min_objectid: u64,
@@ -674,16 +674,11 @@ fn search_first(
         max_objectid: objectid,
         min_offset: *offsets.start(),
         max_offset: *offsets.end(),
-        min_transid: 0,
         max_transid: u64::MAX,
         min_type: key_type,
         max_type: key_type,
         nr_items: 1,
-        unused: 0,
-        unused1: 0,
-        unused2: 0,
-        unused3: 0,
-        unused4: 0,
+        ..SearchKey::default()
     };
     // SAFETY: BTRFS_IOC_TREE_SEARCH reads and writes a `struct
     // btrfs_ioctl_search_args` (a key and a 3992-byte buffer the kernel fills
@@ -695,23 +690,7 @@ fn search_first(
 /// A search buffer for [`search_first`], zeroed.
 fn search_args() -> Box<SearchArgs> {
     Box::new(SearchArgs {
-        key: SearchKey {
-            tree_id: 0,
-            min_objectid: 0,
-            max_objectid: 0,
-            min_offset: 0,
-            max_offset: 0,
-            min_transid: 0,
-            max_transid: 0,
-            min_type: 0,
-            max_type: 0,
-            nr_items: 0,
-            unused: 0,
-            unused1: 0,
-            unused2: 0,
-            unused3: 0,
-            unused4: 0,
-        },
+        key: SearchKey::default(),
         buf: [0; 4096 - size_of::<SearchKey>()],
     })
 }

@@ -146,12 +146,22 @@ impl BtrfsBackend {
             .host
             .btrfs_subvolume_id(&path)
             .ctx(|| format!("looking up subvolume {}", path.display()))?;
+        self.note_id(stem, id);
+        Ok(id)
+    }
+
+    /// Remembers the subvolume ID found at the volume's path (or that there is none there).
+    fn note_id(&self, stem: &str, id: Option<u64>) {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         match id {
-            Some(id) => ids.insert(stem.to_owned(), id),
-            None => ids.remove(stem),
-        };
-        Ok(id)
+            Some(id) if ids.get(stem) == Some(&id) => {}
+            Some(id) => {
+                ids.insert(stem.to_owned(), id);
+            }
+            None => {
+                ids.remove(stem);
+            }
+        }
     }
 
     /// The volume's subvolume ID for measuring its qgroup: remembered, since a subvolume's ID never changes.
@@ -198,18 +208,7 @@ impl BtrfsBackend {
             Ok(found) => found,
             Err(e) => return Some(format!("looking up subvolume {}: {e}", path.display())),
         };
-        {
-            let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-            match &found {
-                Some(f) if ids.get(stem) == Some(&f.id) => {}
-                Some(f) => {
-                    ids.insert(stem.to_owned(), f.id);
-                }
-                None => {
-                    ids.remove(stem);
-                }
-            }
-        }
+        self.note_id(stem, found.as_ref().map(|f| f.id));
         let limit = match found {
             Some(f) => f.limit,
             None if path.exists() => return Some(format!("{} is not a subvolume", path.display())),
