@@ -188,6 +188,15 @@ fn btrfs_pool(fs: &PoolFs, extra: &str) -> (PathBuf, String) {
     (root, toml)
 }
 
+/// A fresh btrfs filesystem and a server with the pool `bt` on it, quotas as the pool turns them on. Returns the
+/// filesystem, the pool's directory and the server.
+fn start_pool() -> (PoolFs, PathBuf, Server) {
+    let fs = PoolFs::btrfs(FS_BYTES);
+    let (pool_root, toml) = btrfs_pool(&fs, "");
+    let srv = Server::start_with_config(NODE, |_| toml, &[]);
+    (fs, pool_root, srv)
+}
+
 /// A fresh btrfs filesystem made ready as `quotas` says, and a server with the pool `bt` on it (`extra` lines,
 /// then `quotas`'s `quota` line); checks that the server's log and the filesystem show the accounting `quotas`
 /// wants. Returns the filesystem, the pool's directory and the server.
@@ -516,9 +525,7 @@ async fn btrfs_volume_survives_restart_and_a_limit_changed_by_hand_is_abnormal_a
     if !can_run("btrfs_volume_survives_restart_and_a_limit_changed_by_hand_is_abnormal_and_kept") {
         return;
     }
-    let fs = PoolFs::btrfs(FS_BYTES);
-    let (pool_root, toml) = btrfs_pool(&fs, "");
-    let mut srv = Server::start_with_config(NODE, |_| toml, &[]);
+    let (fs, pool_root, mut srv) = start_pool();
     let (mut ctl, mut node) = (srv.controller().await, srv.node().await);
     let id = create_with(&mut ctl, create_in(POOL, "durable", SIZE, vec![snw()]))
         .await
@@ -636,9 +643,7 @@ async fn btrfs_list_volumes_pages_say_what_each_volume_checked_alone_says() {
     if !can_run("btrfs_list_volumes_pages_say_what_each_volume_checked_alone_says") {
         return;
     }
-    let fs = PoolFs::btrfs(FS_BYTES);
-    let (pool_root, toml) = btrfs_pool(&fs, "");
-    let srv = Server::start_with_config(NODE, |_| toml, &[]);
+    let (_fs, pool_root, srv) = start_pool();
     let mut ctl = srv.controller().await;
     let mut ids = Vec::new();
     for name in ["healthy", "gone", "plain", "limit", "unlimited"] {
@@ -803,9 +808,7 @@ async fn btrfs_pool_refuses_block_and_fs_types() {
     if !can_run("btrfs_pool_refuses_block_and_fs_types") {
         return;
     }
-    let fs = PoolFs::btrfs(FS_BYTES);
-    let (pool_root, toml) = btrfs_pool(&fs, "");
-    let srv = Server::start_with_config(NODE, |_| toml, &[]);
+    let (_fs, pool_root, srv) = start_pool();
     let mut ctl = srv.controller().await;
     let snw_mode = Mode::SingleNodeWriter;
 
