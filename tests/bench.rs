@@ -100,6 +100,18 @@ fn bench_runs_full_cycles_with_no_errors_and_times_every_rpc() {
     );
     let ratio = t["ceiling_ratio"].as_f64().unwrap();
     assert!((ratio - ceiling / floor_speed).abs() < 1e-9, "{t}");
+    // Given the pid, the driver's CPU for those calls too (in clock ticks, so possibly 0 for so few), and the
+    // least CPU per cycle any driver doing the floor's work in six such calls could reach: at least the floor's.
+    let per_call = t["driver_cpu_per_call_us"].as_f64().unwrap();
+    let cpu_ceiling = t["cpu_ceiling_ratio"].as_f64().unwrap();
+    let floor_cpu = f["cpu_per_cycle_us"].as_f64().unwrap();
+    assert!(per_call >= 0.0 && cpu_ceiling >= 1.0, "{t}");
+    if floor_cpu > 0.0 {
+        assert!(
+            (cpu_ceiling - (floor_cpu + RPCS.len() as f64 * per_call) / floor_cpu).abs() < 0.01,
+            "{t} against the floor's {floor_cpu} µs a cycle"
+        );
+    }
     // Every volume was deleted, every mount undone, and the floor's and the work dir's leftovers removed.
     assert!(entries(&srv.records_dir()).is_empty(), "volumes left behind");
     srv.assert_no_mounts();

@@ -170,6 +170,11 @@ impl FloorOutcome {
         self.cycles_done as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// The floor's CPU time per cycle.
+    pub fn cpu_per_cycle(&self) -> Duration {
+        self.cpu / u32::try_from(self.cycles_done.max(1)).unwrap_or(u32::MAX)
+    }
+
     /// Adds another round's figures.
     fn add_run(&mut self, other: FloorOutcome) {
         self.cycles_done += other.cycles_done;
@@ -565,13 +570,17 @@ async fn rounds(args: &BenchArgs, work: &Path) -> anyhow::Result<Measured> {
         if let Some(dir) = &args.floor {
             // As many empty calls as the round's cycles made calls.
             let calls = a.cycles * RPCS.len() as u64;
-            let t = transport::empty_calls(
+            let before = sample()?;
+            let mut t = transport::empty_calls(
                 &connect(args).await?,
                 calls,
                 args.concurrency,
                 Duration::from_secs(args.timeout),
             )
             .await?;
+            if let (Some(b), Some(after)) = (before, sample()?) {
+                t.driver_cpu = Some(after.cpu.saturating_sub(b.cpu));
+            }
             m.transport.get_or_insert_default().add_run(t);
             let dir = dir.clone();
             let f = tokio::task::spawn_blocking(move || floor(&a, &dir)).await??;
@@ -642,7 +651,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let mut report = report(&args, &out, driver, fl.as_ref());
     if let Some(t) = &transport {
-        report["transport"] = t.json(fl.as_ref().map(FloorOutcome::cycles_per_second));
+        report["transport"] = t.json(fl.as_ref().map(|f| (f.cycles_per_second(), f.cpu_per_cycle())));
     }
     if let Some((channel, res)) = &resident {
         report["resident"] = res.json();
@@ -733,7 +742,7 @@ pub fn report(
         });
         if let Some((cpu, _)) = driver {
             let d = cpu.as_secs_f64() / out.cycles_done.max(1) as f64;
-            let fc = f.cpu.as_secs_f64() / f.cycles_done.max(1) as f64;
+            let fc = f.cpu_per_cycle().as_secs_f64();
             floor["cpu_ratio"] = json!(d / fc.max(1e-9));
         }
         doc["floor"] = floor;
@@ -814,7 +823,7 @@ fn print_report(
             "floor ({}): {:.1} cycles/s, CPU {:.3} ms per cycle, {} failed{}",
             f.kind.name(),
             f.cycles_per_second(),
-            f.cpu.as_secs_f64() * 1e3 / f.cycles_done.max(1) as f64,
+            f.cpu_per_cycle().as_secs_f64() * 1e3,
             f.errors,
             f.first_error
                 .as_deref()
@@ -827,7 +836,7 @@ fn print_report(
         );
         if let Some((cpu, _)) = driver {
             let d = cpu.as_secs_f64() / out.cycles_done.max(1) as f64;
-            let fc = f.cpu.as_secs_f64() / f.cycles_done.max(1) as f64;
+            let fc = f.cpu_per_cycle().as_secs_f64();
             print!(", CPU per cycle {:.2}", d / fc.max(1e-9));
         }
         println!();
@@ -842,6 +851,14 @@ fn print_report(
                 RPCS.len(),
                 ceiling / f.cycles_per_second().max(1e-9)
             );
+            if let (Some(c), Some(r)) = (t.driver_cpu_per_call(), t.cpu_ceiling_ratio(f.cpu_per_cycle())) {
+                println!(
+                    "transport CPU: the driver spends {:.1} µs per empty call; the floor's work plus {} such calls: \
+                     {r:.2} x the floor's CPU per cycle",
+                    c.as_secs_f64() * 1e6,
+                    RPCS.len()
+                );
+            }
         }
     }
     println!();

@@ -17,12 +17,13 @@ use tonic::transport::Channel;
 use super::{RPCS, latency_json, stats::Samples};
 use crate::csi::{self, identity_client::IdentityClient};
 
-/// Empty calls made and how long they took.
+/// Empty calls made, how long they took and, given the driver's pid, the CPU time it spent on them.
 #[derive(Debug, Default)]
 pub struct Transport {
     pub calls: u64,
     pub elapsed: Duration,
     pub samples: Samples,
+    pub driver_cpu: Option<Duration>,
 }
 
 impl Transport {
@@ -38,24 +39,49 @@ impl Transport {
         1.0 / per_cycle
     }
 
+    /// The driver's CPU time per empty call.
+    pub fn driver_cpu_per_call(&self) -> Option<Duration> {
+        self.driver_cpu
+            .map(|c| c / u32::try_from(self.calls.max(1)).unwrap_or(u32::MAX))
+    }
+
+    /// The driver CPU per cycle of one that does exactly the floor's work and whose calls each cost what an
+    /// empty one does, as a multiple of the floor's CPU per cycle: the least that any driver can reach here.
+    pub fn cpu_ceiling_ratio(&self, floor_cpu_per_cycle: Duration) -> Option<f64> {
+        let per_call = self.driver_cpu_per_call()?.as_secs_f64();
+        let floor = floor_cpu_per_cycle.as_secs_f64().max(1e-9);
+        Some((floor + RPCS.len() as f64 * per_call) / floor)
+    }
+
     /// Adds another round's calls.
     pub fn add_run(&mut self, other: Transport) {
         self.calls += other.calls;
         self.elapsed += other.elapsed;
         self.samples.extend(&other.samples);
+        self.driver_cpu = match (self.driver_cpu, other.driver_cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 
-    /// `{calls, calls_per_second, latency}`, and with the floor's speed the ceiling it sets.
-    pub fn json(&self, floor_cycles_per_second: Option<f64>) -> Value {
+    /// `{calls, calls_per_second, latency}`, the driver's CPU per call when measured, and with the floor's
+    /// speed and CPU per cycle the ceilings they set.
+    pub fn json(&self, floor: Option<(f64, Duration)>) -> Value {
         let mut doc = json!({
             "rpc": "GetPluginCapabilities",
             "calls": self.calls,
             "calls_per_second": self.calls_per_second(),
             "latency": latency_json(&self.samples),
         });
-        if let Some(f) = floor_cycles_per_second {
+        if let Some(c) = self.driver_cpu_per_call() {
+            doc["driver_cpu_per_call_us"] = json!(c.as_secs_f64() * 1e6);
+        }
+        if let Some((f, cpu)) = floor {
             doc["ceiling_cycles_per_second"] = json!(self.ceiling(f));
             doc["ceiling_ratio"] = json!(self.ceiling(f) / f.max(1e-9));
+            if let Some(r) = self.cpu_ceiling_ratio(cpu) {
+                doc["cpu_ceiling_ratio"] = json!(r);
+            }
         }
         doc
     }
@@ -110,13 +136,49 @@ mod tests {
             calls: 1000,
             elapsed: Duration::from_secs(1),
             samples: Samples::default(),
+            driver_cpu: None,
         };
         assert!((t.ceiling(250.0) - 100.0).abs() < 1e-9, "{}", t.ceiling(250.0));
-        let doc = t.json(Some(250.0));
+        let doc = t.json(Some((250.0, Duration::from_millis(1))));
         assert!(
             (doc["ceiling_ratio"].as_f64().unwrap() - 0.4).abs() < 1e-9,
             "{doc}"
         );
+        assert!(doc.get("cpu_ceiling_ratio").is_none(), "{doc}");
         assert!(t.json(None).get("ceiling_ratio").is_none());
+    }
+
+    #[test]
+    fn the_cpu_ceiling_adds_six_calls_cpu_to_the_floors() {
+        // Two rounds: 600 calls in 30 ms of driver CPU, then 400 in 20 ms: 50 µs a call. Against a floor that
+        // spends 1 ms a cycle, six such calls make 1.3 ms, so 1.3 × the floor.
+        let mut t = Transport {
+            calls: 600,
+            elapsed: Duration::from_secs(1),
+            samples: Samples::default(),
+            driver_cpu: Some(Duration::from_millis(30)),
+        };
+        t.add_run(Transport {
+            calls: 400,
+            elapsed: Duration::from_secs(1),
+            samples: Samples::default(),
+            driver_cpu: Some(Duration::from_millis(20)),
+        });
+        assert_eq!(t.driver_cpu_per_call(), Some(Duration::from_micros(50)));
+        let r = t.cpu_ceiling_ratio(Duration::from_millis(1)).unwrap();
+        assert!((r - 1.3).abs() < 1e-9, "{r}");
+        let doc = t.json(Some((250.0, Duration::from_millis(1))));
+        assert!(
+            (doc["driver_cpu_per_call_us"].as_f64().unwrap() - 50.0).abs() < 1e-6,
+            "{doc}"
+        );
+        assert!(
+            (doc["cpu_ceiling_ratio"].as_f64().unwrap() - 1.3).abs() < 1e-9,
+            "{doc}"
+        );
+        // Without the driver's pid there is nothing to say about its CPU.
+        let mut none = Transport::default();
+        none.add_run(Transport::default());
+        assert_eq!(none.driver_cpu_per_call(), None);
     }
 }
