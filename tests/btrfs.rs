@@ -398,8 +398,7 @@ async fn enforcement_and_usage(quotas: Quotas, capacity: Option<i64>) {
         );
     };
     steady(check!("after the fill was removed"), "fill removed");
-    srv.stop();
-    srv.start_again();
+    srv.restart();
     (ctl, node) = (srv.controller().await, srv.node().await);
     steady(check!("after a restart"), "after a restart, staged");
     let a_dir = srv.in_ns(&a_target);
@@ -411,8 +410,7 @@ async fn enforcement_and_usage(quotas: Quotas, capacity: Option<i64>) {
     unpublish_and_unstage(&mut node, &b, &b_staging, &b_target).await;
     steady(check!("after unstage"), "unstaged");
     // Unstaged across a restart: what each references is read again at start-up.
-    srv.stop();
-    srv.start_again();
+    srv.restart();
     (ctl, node) = (srv.controller().await, srv.node().await);
     steady(check!("after a restart, unstaged"), "after a restart, unstaged");
 

@@ -754,8 +754,7 @@ async fn capacity_on_a_shared_filesystem(kind: &str) {
     unpublish_and_unstage(&mut node, &id, &staging, &target).await;
     // Detached, the image is measured once and then read from memory; after a restart, from the start-up check.
     steady(check!("after unstage"), "detached");
-    srv.stop();
-    srv.start_again();
+    srv.restart();
     (ctl, node) = (srv.controller().await, srv.node().await);
     steady(check!("after a restart"), "after a restart");
     stage_and_publish(&mut node, &id, &staging, &target, snw()).await;
