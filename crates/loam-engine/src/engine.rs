@@ -234,8 +234,9 @@ impl Engine {
                     }
                 }
                 VolumeState::Ready => {
-                    known.insert(vid.file_stem());
-                    ready.push((vid.file_stem(), rec));
+                    let stem = vid.file_stem();
+                    known.insert(stem.clone());
+                    ready.push((stem, rec));
                 }
                 VolumeState::Creating | VolumeState::Deleting => {
                     info!(volume.id = %rec.id, state = ?rec.state, "finishing an interrupted operation by removing the volume");

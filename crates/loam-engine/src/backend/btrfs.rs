@@ -120,6 +120,10 @@ impl BtrfsBackend {
         self.in_use.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn ids(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Notes what volume `stem` references, unless it is in use (checked under the same lock that marks it so).
     fn settle(&self, stem: &str, referenced: u64) {
         let in_use = self.in_use();
@@ -152,7 +156,7 @@ impl BtrfsBackend {
 
     /// Remembers the subvolume ID found at the volume's path (or that there is none there).
     fn note_id(&self, stem: &str, id: Option<u64>) {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids = self.ids();
         match id {
             Some(id) if ids.get(stem) == Some(&id) => {}
             Some(id) => {
@@ -166,12 +170,7 @@ impl BtrfsBackend {
 
     /// The volume's subvolume ID for measuring its qgroup: remembered, since a subvolume's ID never changes.
     fn measured_id(&self, stem: &str) -> Option<u64> {
-        let known = self
-            .ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stem)
-            .copied();
+        let known = self.ids().get(stem).copied();
         known.or_else(|| self.id(stem).ok().flatten())
     }
 
@@ -236,7 +235,7 @@ impl BtrfsBackend {
     fn forget(&self, stem: &str) {
         self.in_use().remove(stem);
         self.settled.forget(stem);
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).remove(stem);
+        self.ids().remove(stem);
     }
 }
 

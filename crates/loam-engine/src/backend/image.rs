@@ -12,7 +12,7 @@ use std::{
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -78,7 +78,7 @@ impl ImageBackend {
     }
 
     fn remember(&self, stem: &str, k: Option<Known>) {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known_map();
         // An attached or removed image's allocation is no longer settled.
         if !matches!(k, Some(Known::Detached)) {
             self.settled.forget(stem);
@@ -91,7 +91,7 @@ impl ImageBackend {
 
     /// After [`ImageBackend::learn`]: an image not known is detached; whether it was not known.
     fn mark_detached_if_unknown(&self, stem: &str) -> bool {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known_map();
         if known.contains_key(stem) {
             return false;
         }
@@ -102,7 +102,7 @@ impl ImageBackend {
     /// Notes what image `stem`, known to have no loop device, has allocated (`m` is its file's metadata).
     fn settle(&self, stem: &str, m: &std::fs::Metadata) {
         // Held while settling, so an attach (which unsettles under it) cannot come between the look and the note.
-        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.known_map();
         if !matches!(known.get(stem), Some(Known::Detached)) {
             return;
         }
@@ -116,12 +116,12 @@ impl ImageBackend {
         }
     }
 
+    fn known_map(&self) -> MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn known(&self, stem: &str) -> Option<Known> {
-        self.known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(stem)
-            .cloned()
+        self.known_map().get(stem).cloned()
     }
 
     /// Learns from one look at all loop devices which images have one, once, so that checking every volume at
@@ -139,7 +139,7 @@ impl ImageBackend {
                 return false;
             }
         };
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known_map();
         for (path, dev) in found {
             let stem = path
                 .file_name()
@@ -461,9 +461,7 @@ impl Backend for ImageBackend {
             return 0;
         }
         let attached: Vec<String> = self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .known_map()
             .iter()
             .filter(|(_, k)| matches!(k, Known::Attached(_)))
             .map(|(stem, _)| stem.clone())
