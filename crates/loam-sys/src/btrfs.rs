@@ -1031,16 +1031,9 @@ pub enum Limit {
 impl Limit {
     /// The limit of quota group `q`, as [`qgroup`] reads it.
     pub fn of(q: Option<&Qgroup>) -> Limit {
-        match q {
-            None => Limit::NoQgroup,
-            Some(Qgroup {
-                max_referenced: None, ..
-            }) => Limit::Unlimited,
-            Some(Qgroup {
-                max_referenced: Some(b),
-                ..
-            }) => Limit::Bytes(*b),
-        }
+        q.map_or(Limit::NoQgroup, |q| {
+            q.max_referenced.map_or(Limit::Unlimited, Limit::Bytes)
+        })
     }
 }
 
